@@ -1,0 +1,51 @@
+/*
+ * keyhold.h - keyhold vendor extensions to PKCS #11.
+ *
+ * Every vendor value is CK*_VENDOR_DEFINED | KH_VENDOR_BASE | n, so it cannot
+ * collide with a standard value and is recognisable as keyhold's.
+ */
+#ifndef KEYHOLD_KEYHOLD_H
+#define KEYHOLD_KEYHOLD_H
+
+#include "pkcs11.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Vendor base: the ASCII letters "KH" in bits 16..31 (0x4B 'K', 0x48 'H'). */
+#define KH_VENDOR_BASE 0x4B480000UL
+
+/* Mechanisms */
+
+/* BIP-340 Schnorr over a 32-byte message; optional parameter: 32-byte aux_rand. */
+#define CKM_KH_BIP340_SCHNORR (CKM_VENDOR_DEFINED | KH_VENDOR_BASE | 0x01UL)
+/* secp256k1 ECDSA over a 32-byte digest, low-S; output r||s||v (65 bytes, v = recovery id 0 or 1). */
+#define CKM_KH_ECDSA_RECOVERABLE (CKM_VENDOR_DEFINED | KH_VENDOR_BASE | 0x02UL)
+
+/* Attributes */
+
+/* CK_ULONG: where the private key lives (one of CKV_KH_BACKEND_*). */
+#define CKA_KH_BACKEND (CKA_VENDOR_DEFINED | KH_VENDOR_BASE | 0x01UL)
+/* UTF-8 reference of a remote key. */
+#define CKA_KH_REMOTE_REF (CKA_VENDOR_DEFINED | KH_VENDOR_BASE | 0x02UL)
+
+/* Values of CKA_KH_BACKEND */
+
+/* The private key is held in keyhold's encrypted vault. */
+#define CKV_KH_BACKEND_VAULT 1UL
+/* The private key is held by a TPM. */
+#define CKV_KH_BACKEND_TPM 2UL
+/* The private key is held by a remote signer, named by CKA_KH_REMOTE_REF. */
+#define CKV_KH_BACKEND_REMOTE 3UL
+
+/* Return values */
+
+/* The token store could not be read or written. */
+#define CKR_KH_STORE_ERROR (CKR_VENDOR_DEFINED | KH_VENDOR_BASE | 0x01UL)
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KEYHOLD_KEYHOLD_H */
