@@ -232,14 +232,14 @@ static CK_RV rec_pubkey(kh_pubkey *pub, const kh_obj_rec *rec, CK_KEY_TYPE kt)
 }
 
 /* Write the public attributes derived from pub into rec (both key classes). */
-static CK_RV rec_set_public(kh_obj_rec *rec, const kh_pubkey *pub, CK_OBJECT_CLASS cls)
+static CK_RV rec_set_public(kh_obj_rec *rec, const kh_pubkey *pub)
 {
     CK_RV rv;
     if (pub->alg == KH_ALG_RSA) {
         rv = rec_set(rec, CKA_MODULUS, pub->n, pub->n_len);
         if (rv == CKR_OK)
             rv = rec_set(rec, CKA_PUBLIC_EXPONENT, pub->e, pub->e_len);
-        if (rv == CKR_OK && cls == CKO_PUBLIC_KEY) {
+        if (rv == CKR_OK) { /* on private keys too: consumers size signatures from it */
             CK_ULONG bits = pub->n_len * 8;
             uint8_t top = pub->n[0];
             while (bits && !(top & 0x80)) {
@@ -314,8 +314,6 @@ static CK_RV rec_apply(kh_obj_rec *rec, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, con
     for (CK_ULONG i = 0; i < n; i++) {
         const kh_attr_rule *r = kh_policy_rule(cls, kt, t[i].type);
         if (!r || (r->flags & KH_AF_SECRET))
-            continue;
-        if (t[i].type == CKA_MODULUS_BITS && cls != CKO_PUBLIC_KEY)
             continue;
         CK_RV rv = rec_set(rec, t[i].type, t[i].pValue, t[i].ulValueLen);
         if (rv != CKR_OK)
@@ -823,7 +821,7 @@ CK_RV kh_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK
         if (rv == CKR_OK && pub.alg != alg)
             rv = CKR_TEMPLATE_INCONSISTENT;
         if (rv == CKR_OK)
-            rv = rec_set_public(&rec, &pub, cls); /* normalise CKA_EC_POINT to DER */
+            rv = rec_set_public(&rec, &pub); /* normalise CKA_EC_POINT to DER */
         if (rv != CKR_OK)
             goto out;
     } else if (cls == CKO_PRIVATE_KEY) {
@@ -837,7 +835,7 @@ CK_RV kh_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK
         if (rv == CKR_OK)
             rv = ops->import(s->tok, &pub, &blob, &blob_len, alg, secret, secret_len);
         if (rv == CKR_OK)
-            rv = rec_set_public(&rec, &pub, cls);
+            rv = rec_set_public(&rec, &pub);
         if (rv == CKR_OK)
             rv = rec_set_ulong(&rec, CKA_KH_BACKEND, ops->id);
         if (rv == CKR_OK)
@@ -957,7 +955,6 @@ CK_RV kh_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism
     if (rv == CKR_OK) rv = rec_defaults(&recs[1], CKO_PRIVATE_KEY, kt);
     if (rv == CKR_OK) rv = rec_apply(&recs[1], CKO_PRIVATE_KEY, kt, vt, vn);
     for (int i = 0; i < 2 && rv == CKR_OK; i++) {
-        CK_OBJECT_CLASS cls = i ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY;
         if (kt != CKK_RSA) {
             const kh_obj_rec *other = &recs[1 - i];
             if (!kh_obj_rec_attr(&recs[i], CKA_EC_PARAMS)) {
@@ -965,7 +962,7 @@ CK_RV kh_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism
                 rv = rec_set(&recs[i], CKA_EC_PARAMS, p->pValue, p->ulValueLen);
             }
         }
-        if (rv == CKR_OK) rv = rec_set_public(&recs[i], &pub, cls);
+        if (rv == CKR_OK) rv = rec_set_public(&recs[i], &pub);
         if (rv == CKR_OK) rv = rec_set_bool(&recs[i], CKA_LOCAL, true);
         if (rv == CKR_OK) rv = rec_set_ulong(&recs[i], CKA_KEY_GEN_MECHANISM, gen_mech);
     }

@@ -58,7 +58,7 @@ static const kh_attr_rule rules[] = {
     { .type = CKA_EC_PARAMS,        .classes = C_KEYS, .keys = K_EC,  .kind = KH_AK_BYTES, .flags = KH_AF_CREATE | KH_AF_GENERATE_PUB },
     { .type = CKA_EC_POINT,         .classes = C_KEYS, .keys = K_EC,  .kind = KH_AK_BYTES, .flags = KH_AF_CREATE },
     { .type = CKA_MODULUS,          .classes = C_KEYS, .keys = K_RSA, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE },
-    { .type = CKA_MODULUS_BITS,     .classes = C_PUB,  .keys = K_RSA, .kind = KH_AK_ULONG, .flags = KH_AF_CREATE | KH_AF_GENERATE_PUB },
+    { .type = CKA_MODULUS_BITS,     .classes = C_KEYS,  .keys = K_RSA, .kind = KH_AK_ULONG, .flags = KH_AF_CREATE | KH_AF_GENERATE_PUB },
     { .type = CKA_PUBLIC_EXPONENT,  .classes = C_KEYS, .keys = K_RSA, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE | KH_AF_GENERATE_PUB },
     /* private values: accepted at creation, sealed, never stored in clear or returned */
     { .type = CKA_VALUE,            .classes = C_PRIV, .keys = K_EC,  .kind = KH_AK_BYTES, .flags = KH_AF_CREATE | KH_AF_SECRET },

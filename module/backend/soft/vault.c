@@ -1,0 +1,118 @@
+/*
+ * The vault backend: private keys live in the store as AES-256-GCM blobs
+ * under the token key, and are used here, inside the module, with the
+ * software crypto (libsecp256k1 / OpenSSL).
+ *
+ * generate/import return the private key encoding of kh_crypto_* as the
+ * blob; the module seals it before it reaches the store. sign opens the
+ * blob only on a key-cache miss: the token key is copied out of the token
+ * (only while a user is logged in), the blob unsealed with the object's
+ * identity as associated data, the secret decoded into a kh_softkey and
+ * handed to the cache. The token key copy and the unsealed secret are wiped
+ * before sign returns, on every path.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+
+static CK_RV vault_generate(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob,
+                            size_t *blob_len, kh_alg alg, unsigned rsa_bits)
+{
+    (void)tok;
+    return kh_crypto_generate(pub, blob, blob_len, alg, rsa_bits);
+}
+
+static CK_RV vault_import(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob,
+                          size_t *blob_len, kh_alg alg, const uint8_t *secret,
+                          size_t secret_len)
+{
+    (void)tok;
+    return kh_crypto_import(pub, blob, blob_len, alg, secret, secret_len);
+}
+
+static uint64_t login_gen(kh_token *tok)
+{
+    kh_mutex_lock(tok->lock);
+    uint64_t gen = tok->login_gen;
+    kh_mutex_unlock(tok->lock);
+    return gen;
+}
+
+/*
+ * Unseal key's blob and decode it. CKR_USER_NOT_LOGGED_IN without a user
+ * login; CKR_KH_STORE_ERROR when the blob does not open under the token key
+ * (the store is corrupted or the blob was moved between objects).
+ */
+static CK_RV vault_load(kh_softkey **out, kh_token *tok, const struct kh_key *key)
+{
+    uint8_t token_key[KH_TOKEN_KEY_LEN];
+    uint8_t aad[KH_OBJ_AAD_LEN];
+    uint8_t *secret = NULL;
+    size_t secret_len = 0;
+    CK_RV rv;
+
+    *out = NULL;
+    if (!key->sealed || key->sealed_len == 0)
+        return CKR_KH_STORE_ERROR;
+    rv = kh_token_key_copy(tok, token_key);
+    if (rv != CKR_OK)
+        goto out_wipe_key;
+    kh_obj_aad(aad, key->token_uid, key->uid);
+    rv = kh_unseal(&secret, &secret_len, token_key, aad, sizeof aad, key->sealed,
+                   key->sealed_len);
+    if (rv == CKR_ENCRYPTED_DATA_INVALID) {
+        kh_log(KH_LOG_ERROR, "vault: private blob of object %lu does not open: store corrupted",
+               (unsigned long)key->handle);
+        rv = CKR_KH_STORE_ERROR;
+    }
+    if (rv != CKR_OK)
+        goto out_wipe_key;
+    rv = kh_softkey_load(out, key->pub.alg, secret, secret_len);
+    if (rv != CKR_OK) {
+        /* The blob opened, so it is ours: a secret that does not decode is a store fault. */
+        kh_log(KH_LOG_ERROR, "vault: private key of object %lu does not decode (0x%lx)",
+               (unsigned long)key->handle, (unsigned long)rv);
+        if (rv != CKR_HOST_MEMORY)
+            rv = CKR_KH_STORE_ERROR;
+    }
+    kh_wipe(secret, secret_len);
+    free(secret);
+out_wipe_key:
+    kh_wipe(token_key, sizeof token_key);
+    return rv;
+}
+
+static CK_RV vault_sign(struct kh_token *tok, const struct kh_key *key, kh_sigop op,
+                        const kh_sigparams *params, const uint8_t *data, size_t data_len,
+                        uint8_t *sig, size_t *siglen)
+{
+    void *ref = NULL;
+    uint64_t gen = login_gen(tok);
+    const kh_softkey *sk = kh_keycache_get(key->token_uid, key->uid, gen, &ref);
+    if (!sk) {
+        kh_softkey *loaded;
+        CK_RV rv = vault_load(&loaded, tok, key);
+        if (rv != CKR_OK)
+            return rv;
+        kh_keycache_insert_take(loaded, key->token_uid, key->uid, gen, &ref);
+        sk = loaded;
+        /* A logout between reading gen and inserting may have flushed the
+         * token before our entry went in: flush again so no decoded key of
+         * a finished login stays cached. Logout flushes and bumps login_gen
+         * in one tok->lock section, so either it runs after our insert or
+         * we see the new generation here. */
+        if (login_gen(tok) != gen)
+            kh_keycache_flush_token(key->token_uid);
+    }
+    CK_RV rv = kh_softkey_sign(sk, op, params, data, data_len, sig, siglen);
+    kh_keycache_put(ref);
+    return rv;
+}
+
+const kh_backend_ops kh_backend_vault = {
+    .id = CKV_KH_BACKEND_VAULT,
+    .name = "vault",
+    .generate = vault_generate,
+    .import = vault_import,
+    .sign = vault_sign,
+};
