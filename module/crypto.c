@@ -8,6 +8,7 @@
  * error code once when KEYHOLD_LOG=debug.
  */
 #include "crypto.h"
+#include "base.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -53,7 +54,6 @@ static pthread_once_t kh_crypto_once = PTHREAD_ONCE_INIT;
 static CK_RV kh_crypto_init_rv = CKR_FUNCTION_FAILED;
 static secp256k1_context *kh_secp;
 static EVP_MD *kh_md[KH_HASH_SHA512 + 1];
-static bool kh_crypto_debug;
 
 /*
  * The one translator from OpenSSL failures to CK_RV. `rv` is what the failure
@@ -68,11 +68,12 @@ static CK_RV kh_crypto_ossl_rv(CK_RV rv, const char *what)
 
     if (e != 0 && ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE)
         rv = CKR_HOST_MEMORY;
-    if (kh_crypto_debug) {
+    if (e != 0) {
         char buf[256];
         ERR_error_string_n(e, buf, sizeof buf);
-        fprintf(stderr, "keyhold: crypto: %s failed: OpenSSL 0x%lx %s -> CKR 0x%lx\n",
-                what, e, e ? buf : "(no error queued)", (unsigned long)rv);
+        kh_log(KH_LOG_DEBUG, "crypto: %s failed: OpenSSL 0x%lx %s -> CKR 0x%lx", what, e, buf, (unsigned long)rv);
+    } else {
+        kh_log(KH_LOG_DEBUG, "crypto: %s failed -> CKR 0x%lx", what, (unsigned long)rv);
     }
     ERR_clear_error();
     return rv;
@@ -86,9 +87,6 @@ static void kh_crypto_do_init(void)
         [KH_HASH_SHA512] = "SHA512",
     };
     uint8_t seed[32];
-    const char *log = getenv("KEYHOLD_LOG");
-
-    kh_crypto_debug = log && strcmp(log, "debug") == 0;
     for (int h = KH_HASH_SHA1; h <= KH_HASH_SHA512; h++) {
         kh_md[h] = EVP_MD_fetch(NULL, names[h], NULL);
         if (!kh_md[h]) {
@@ -1152,8 +1150,8 @@ CK_RV kh_softkey_load(kh_softkey **out, kh_alg alg, const uint8_t *secret, size_
     *out = NULL;
     if (alg < KH_ALG_SECP256K1 || alg > KH_ALG_RSA)
         return CKR_ARGUMENTS_BAD;
-    /* The OpenSSL secure heap (mlock'd, not dumped) when the process set one up. */
-    key = OPENSSL_secure_zalloc(sizeof *key);
+    /* Locked, non-dumpable, wiped-on-fork memory (secmem.c). */
+    key = kh_secmem_alloc(sizeof *key);
     if (!key)
         return CKR_HOST_MEMORY;
     key->alg = alg;
@@ -1206,7 +1204,7 @@ void kh_softkey_free(kh_softkey *key)
     if (!key)
         return;
     EVP_PKEY_free(key->pkey);   /* OpenSSL clears private key material on free */
-    OPENSSL_secure_clear_free(key, sizeof *key);
+    kh_secmem_free(key, sizeof *key);
 }
 
 /* ---- sign / verify ---------------------------------------------------- */

@@ -31,16 +31,7 @@ void kh_mutex_unlock(kh_mutex *m);
 /* Chosen at C_Initialize from CK_C_INITIALIZE_ARGS. NULL args: OS locking. */
 CK_RV kh_mutex_configure(const CK_C_INITIALIZE_ARGS *args);
 
-/* ---- logging (log.c): quiet by default; KEYHOLD_LOG=error|warn|info|debug ---- */
-
-enum kh_log_level { KH_LOG_ERROR = 1, KH_LOG_WARN, KH_LOG_INFO, KH_LOG_DEBUG };
-void kh_log(enum kh_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void kh_log_set_level(int level);
-
-/* ---- locked memory for secrets (secmem.c): mlock'd, MADV_DONTDUMP, MADV_WIPEONFORK ---- */
-
-void *kh_secmem_alloc(size_t len);      /* zeroed; NULL when out of locked memory */
-void kh_secmem_free(void *p, size_t len); /* wipes */
+#include "base.h"
 
 /* ---- configuration ---- */
 

@@ -4,7 +4,9 @@
  * PIN, key or signed plaintext; this unit cannot check that, so every call
  * site logs only codes, handles and labels.
  */
-#include "internal.h"
+#include "base.h"
+
+#include <stdbool.h>
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -25,7 +25,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "base.h"
+
+#include <stdbool.h>
+#include <stdint.h>
 
 #define KH_GRANULE 16u
 #define KH_ARENA_SIZE (64u * 1024u)
@@ -73,7 +76,7 @@ static void *sm_map(size_t len)
 
 static void sm_unmap(void *p, size_t len)
 {
-    kh_wipe(p, len);
+    explicit_bzero(p, len);
     (void)munlock(p, len);  /* fails harmlessly if it was never locked */
     munmap(p, len);
 }
@@ -205,7 +208,7 @@ void kh_secmem_free(void *p, size_t len)
         }
         if (len > n * KH_GRANULE)
             kh_log(KH_LOG_ERROR, "secmem: free with a length larger than allocated");
-        kh_wipe(u, n * KH_GRANULE);
+        explicit_bzero(u, n * KH_GRANULE);
         bits_set(a, g, n, false);
         a->run[g] = 0;
         a->nused -= n;

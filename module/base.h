@@ -1,0 +1,22 @@
+/*
+ * The leaf services every unit of the module may use, with no dependency on
+ * the rest of it: logging and locked memory for secrets. crypto.c uses them
+ * too, so they live in the crypto library.
+ */
+#ifndef KH_MODULE_BASE_H
+#define KH_MODULE_BASE_H
+
+#include <stddef.h>
+
+/* ---- logging (log.c): quiet by default; KEYHOLD_LOG=error|warn|info|debug ---- */
+
+enum kh_log_level { KH_LOG_ERROR = 1, KH_LOG_WARN, KH_LOG_INFO, KH_LOG_DEBUG };
+void kh_log(enum kh_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void kh_log_set_level(int level);
+
+/* ---- locked memory for secrets (secmem.c): mlock'd, MADV_DONTDUMP, MADV_WIPEONFORK ---- */
+
+void *kh_secmem_alloc(size_t len);      /* zeroed; NULL when out of locked memory */
+void kh_secmem_free(void *p, size_t len); /* wipes */
+
+#endif
