@@ -821,6 +821,8 @@ CK_RV kh_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK
         if (rv == CKR_OK && pub.alg != alg)
             rv = CKR_TEMPLATE_INCONSISTENT;
         if (rv == CKR_OK)
+            rv = kh_pubkey_check(&pub); /* the point is on the curve, the modulus in range */
+        if (rv == CKR_OK)
             rv = rec_set_public(&rec, &pub); /* normalise CKA_EC_POINT to DER */
         if (rv != CKR_OK)
             goto out;
