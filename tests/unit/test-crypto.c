@@ -5,18 +5,21 @@
  */
 #include "crypto.h"
 #include "testutil.h"
+#include "vectors.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <json-c/json.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <secp256k1.h>
 #include <secp256k1_recovery.h>
 
 /* ---- helpers ---------------------------------------------------------- */
+
+/* Hex to a fixed buffer; returns the length (vectors.c). */
+#define unhex_to kh_vec_unhex_to
 
 static const char k1_n[] = "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141";
 static const char k1_half_n[] = "7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0";
@@ -32,21 +35,6 @@ static const char p384_n[] = "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7
 static const char p384_g[] = "04AA87CA22BE8B05378EB1C71EF320AD746E1D3B628BA79B9859F741E082542A38"
                              "5502F25DBF55296C3A545E3872760AB73617DE4A96262C6F5D9E98BF9292DC29"
                              "F8F41DBD289A147CE9DA3113B5F0B8C00A60B1CE1D7E819D7A431D7C90EA0E5F";
-
-/* Hex to a fixed buffer; returns the length. */
-static size_t unhex_to(uint8_t *out, size_t cap, const char *hex)
-{
-    size_t len;
-    uint8_t *b = kh_test_unhex(hex, &len);
-    if (!b || len > cap) {
-        kh_test_fail(__FILE__, __LINE__, "bad hex in test: %s", hex);
-        free(b);
-        return 0;
-    }
-    memcpy(out, b, len);
-    free(b);
-    return len;
-}
 
 static kh_pubkey ec_pub(kh_alg alg, const char *hex)
 {
@@ -830,22 +818,6 @@ out:
 
 /* ---- Wycheproof ------------------------------------------------------- */
 
-struct wp_count {
-    unsigned total, valid, valid_ok, invalid, invalid_rej, acceptable, acceptable_ok;
-};
-
-static const char *jstr(json_object *o, const char *k)
-{
-    json_object *v;
-    return json_object_object_get_ex(o, k, &v) ? json_object_get_string(v) : NULL;
-}
-
-static json_object *jobj(json_object *o, const char *k)
-{
-    json_object *v;
-    return json_object_object_get_ex(o, k, &v) ? v : NULL;
-}
-
 static kh_hash hash_by_name(const char *s)
 {
     if (!s)
@@ -869,7 +841,7 @@ enum wp_kind { WP_ECDSA, WP_EDDSA, WP_RSA_PKCS1, WP_RSA_PSS };
 static bool wp_group(json_object *g, enum wp_kind kind, kh_alg alg, kh_pubkey *pub,
                      kh_hash *hash, kh_sigparams *prm)
 {
-    json_object *pk = jobj(g, "publicKey");
+    json_object *pk = kh_vec_jobj(g, "publicKey");
     const char *s;
     uint8_t *b;
     size_t len;
@@ -877,27 +849,27 @@ static bool wp_group(json_object *g, enum wp_kind kind, kh_alg alg, kh_pubkey *p
     memset(pub, 0, sizeof *pub);
     memset(prm, 0, sizeof *prm);
     pub->alg = alg;
-    *hash = hash_by_name(jstr(g, "sha"));
+    *hash = hash_by_name(kh_vec_jstr(g, "sha"));
     if (!pk)
         return false;
     switch (kind) {
     case WP_ECDSA:
-        s = jstr(pk, "uncompressed");
+        s = kh_vec_jstr(pk, "uncompressed");
         if (!s || *hash == KH_HASH_NONE)
             return false;
         pub->point_len = unhex_to(pub->point, sizeof pub->point, s);
         return true;
     case WP_EDDSA:
-        s = jstr(pk, "pk");
+        s = kh_vec_jstr(pk, "pk");
         if (!s)
             return false;
         pub->point_len = unhex_to(pub->point, sizeof pub->point, s);
         return true;
     case WP_RSA_PKCS1:
     case WP_RSA_PSS:
-        if (!jstr(pk, "modulus") || !jstr(pk, "publicExponent") || *hash == KH_HASH_NONE)
+        if (!kh_vec_jstr(pk, "modulus") || !kh_vec_jstr(pk, "publicExponent") || *hash == KH_HASH_NONE)
             return false;
-        b = kh_test_unhex(jstr(pk, "modulus"), &len);
+        b = kh_test_unhex(kh_vec_jstr(pk, "modulus"), &len);
         if (!b)
             return false;
         {
@@ -912,12 +884,12 @@ static bool wp_group(json_object *g, enum wp_kind kind, kh_alg alg, kh_pubkey *p
             pub->n_len = len - off;
         }
         free(b);
-        pub->e_len = unhex_to(pub->e, sizeof pub->e, jstr(pk, "publicExponent"));
+        pub->e_len = unhex_to(pub->e, sizeof pub->e, kh_vec_jstr(pk, "publicExponent"));
         if (kind == WP_RSA_PSS) {
             prm->pss_hash = *hash;
-            prm->pss_mgf_hash = hash_by_name(jstr(g, "mgfSha"));
-            prm->pss_salt_len = (size_t)json_object_get_int(jobj(g, "sLen"));
-            if (!jstr(g, "mgf") || strcmp(jstr(g, "mgf"), "MGF1") != 0)
+            prm->pss_mgf_hash = hash_by_name(kh_vec_jstr(g, "mgfSha"));
+            prm->pss_salt_len = (size_t)json_object_get_int(kh_vec_jobj(g, "sLen"));
+            if (!kh_vec_jstr(g, "mgf") || strcmp(kh_vec_jstr(g, "mgf"), "MGF1") != 0)
                 return false;
         }
         return true;
@@ -950,75 +922,34 @@ static CK_RV wp_verify(enum wp_kind kind, const kh_pubkey *pub, kh_hash hash, co
     return CKR_GENERAL_ERROR;
 }
 
+struct wp_ctx {
+    enum wp_kind kind;
+    kh_alg alg;
+    kh_pubkey pub;
+    kh_hash hash;
+    kh_sigparams prm;
+};
+
+static enum kh_vec_group wp_group_cb(void *ctx, json_object *g)
+{
+    struct wp_ctx *w = ctx;
+    return wp_group(g, w->kind, w->alg, &w->pub, &w->hash, &w->prm) ? KH_VEC_GROUP_OK : KH_VEC_GROUP_BAD;
+}
+
+static CK_RV wp_verify_cb(void *ctx, int tc, const uint8_t *msg, size_t msg_len, const uint8_t *sig,
+                          size_t sig_len)
+{
+    struct wp_ctx *w = ctx;
+    (void)tc;
+    return wp_verify(w->kind, &w->pub, w->hash, &w->prm, msg, msg_len, sig, sig_len);
+}
+
 static void wycheproof(const char *file, enum wp_kind kind, kh_alg alg)
 {
-    json_object *root = json_object_from_file(kh_test_vector_path(file));
-    json_object *groups;
-    struct wp_count c = { 0 };
-    int expect_total;
+    static const struct kh_vec_wp_ops ops = { .group = wp_group_cb, .verify = wp_verify_cb };
+    struct wp_ctx w = { .kind = kind, .alg = alg };
 
-    KH_CHECK(root != NULL);
-    if (!root)
-        return;
-    expect_total = json_object_get_int(jobj(root, "numberOfTests"));
-    groups = jobj(root, "testGroups");
-    KH_CHECK(groups && json_object_is_type(groups, json_type_array));
-    for (size_t gi = 0; groups && gi < json_object_array_length(groups); gi++) {
-        json_object *g = json_object_array_get_idx(groups, gi);
-        json_object *tests = jobj(g, "tests");
-        kh_pubkey pub;
-        kh_hash hash;
-        kh_sigparams prm;
-
-        if (!wp_group(g, kind, alg, &pub, &hash, &prm)) {
-            kh_test_fail(__FILE__, __LINE__, "%s: group %zu not understood", file, gi);
-            continue;
-        }
-        for (size_t ti = 0; tests && ti < json_object_array_length(tests); ti++) {
-            json_object *t = json_object_array_get_idx(tests, ti);
-            const char *result = jstr(t, "result");
-            int tc = json_object_get_int(jobj(t, "tcId"));
-            size_t msg_len, sig_len;
-            uint8_t *msg = kh_test_unhex(jstr(t, "msg"), &msg_len);
-            uint8_t *sig = kh_test_unhex(jstr(t, "sig"), &sig_len);
-            CK_RV rv;
-
-            if (!msg || !sig || !result) {
-                kh_test_fail(__FILE__, __LINE__, "%s tc %d: bad test", file, tc);
-                free(msg);
-                free(sig);
-                continue;
-            }
-            rv = wp_verify(kind, &pub, hash, &prm, msg, msg_len, sig, sig_len);
-            c.total++;
-            if (!strcmp(result, "valid")) {
-                c.valid++;
-                if (rv == CKR_OK)
-                    c.valid_ok++;
-                else
-                    kh_test_fail(__FILE__, __LINE__, "%s tc %d (%s): valid, got 0x%lx", file, tc,
-                                 jstr(t, "comment"), (unsigned long)rv);
-            } else if (!strcmp(result, "invalid")) {
-                c.invalid++;
-                /* a clean rejection, not an internal error */
-                if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)
-                    c.invalid_rej++;
-                else
-                    kh_test_fail(__FILE__, __LINE__, "%s tc %d (%s): invalid, got 0x%lx", file, tc,
-                                 jstr(t, "comment"), (unsigned long)rv);
-            } else {
-                c.acceptable++;
-                if (rv == CKR_OK)
-                    c.acceptable_ok++;
-            }
-            free(msg);
-            free(sig);
-        }
-    }
-    KH_CHECK(c.total > 0 && (int)c.total == expect_total);
-    printf("# %s: %u cases: valid %u/%u accepted, invalid %u/%u rejected, acceptable %u (%u accepted)\n",
-           file, c.total, c.valid_ok, c.valid, c.invalid_rej, c.invalid, c.acceptable, c.acceptable_ok);
-    json_object_put(root);
+    kh_vec_wycheproof(file, &ops, &w, NULL);
 }
 
 static void test_wp_k1(void)
@@ -1063,84 +994,62 @@ static void test_wp_rsa_pss(void)
 static void test_bip340(void)
 {
     FILE *f = fopen(kh_test_vector_path("bip340_test_vectors.csv"), "r");
-    char line[2048];
+    struct kh_vec_bip340_row r;
     unsigned rows = 0, signed_ok = 0, verify_ok = 0, verify_true = 0, verify_false = 0, not32 = 0;
 
     KH_CHECK(f != NULL);
     if (!f)
         return;
-    while (fgets(line, sizeof line, f)) {
-        char *fld[8] = { NULL }, *p = line;
-        uint8_t sk[32], pk[32], aux[32], sig[64], got[64];
-        uint8_t *msg;
-        size_t msg_len, sk_len, siglen;
-        bool expect;
+    while (kh_vec_bip340_next(f, &r)) {
+        uint8_t got[64];
+        size_t siglen;
         kh_pubkey pub, pub2;
         CK_RV rv;
-        int n = 0;
 
-        line[strcspn(line, "\r\n")] = 0;
-        if (!strncmp(line, "index,", 6) || !line[0])
-            continue;
-        while (n < 8 && p)
-            fld[n++] = strsep(&p, ",");
-        if (n < 7) {
-            kh_test_fail(__FILE__, __LINE__, "bip340: short row: %s", line);
-            continue;
-        }
         rows++;
-        sk_len = unhex_to(sk, sizeof sk, fld[1]);
-        unhex_to(pk, sizeof pk, fld[2]);
-        unhex_to(aux, sizeof aux, fld[3]);
-        msg = kh_test_unhex(fld[4], &msg_len);
-        unhex_to(sig, sizeof sig, fld[5]);
-        expect = !strcmp(fld[6], "TRUE");
-
-        if (msg_len != 32) {
+        if (r.msg_len != 32) {
             not32++;
-            if (kh_pubkey_from_xonly(&pub, pk) == CKR_OK)
-                KH_CHECK_RV(kh_crypto_verify(&pub, KH_OP_BIP340, NULL, msg, msg_len, sig, 64),
+            if (kh_pubkey_from_xonly(&pub, r.pk) == CKR_OK)
+                KH_CHECK_RV(kh_crypto_verify(&pub, KH_OP_BIP340, NULL, r.msg, r.msg_len, r.sig, 64),
                             CKR_DATA_LEN_RANGE);
-            free(msg);
             continue;
         }
-        if (sk_len == 32) {
+        if (r.sk_len == 32) {
             kh_softkey *key = NULL;
-            kh_sigparams prm = { .aux = aux };
+            kh_sigparams prm = { .aux = r.aux };
             uint8_t *norm = NULL;
             size_t norm_len = 0;
 
-            KH_CHECK_RV(kh_crypto_import(&pub2, &norm, &norm_len, KH_ALG_SECP256K1, sk, 32), CKR_OK);
-            KH_CHECK(pub2.point_len == 65 && memcmp(pub2.point + 1, pk, 32) == 0);
+            KH_CHECK_RV(kh_crypto_import(&pub2, &norm, &norm_len, KH_ALG_SECP256K1, r.sk, 32), CKR_OK);
+            KH_CHECK(pub2.point_len == 65 && memcmp(pub2.point + 1, r.pk, 32) == 0);
             KH_CHECK_RV(kh_softkey_load(&key, KH_ALG_SECP256K1, norm, norm_len), CKR_OK);
             siglen = sizeof got;
-            rv = key ? kh_softkey_sign(key, KH_OP_BIP340, &prm, msg, 32, got, &siglen) : CKR_GENERAL_ERROR;
-            if (rv == CKR_OK && siglen == 64 && memcmp(got, sig, 64) == 0)
+            rv = key ? kh_softkey_sign(key, KH_OP_BIP340, &prm, r.msg, 32, got, &siglen) : CKR_GENERAL_ERROR;
+            if (rv == CKR_OK && siglen == 64 && memcmp(got, r.sig, 64) == 0)
                 signed_ok++;
             else
-                kh_test_fail(__FILE__, __LINE__, "bip340 row %s: signature differs (rv 0x%lx)", fld[0],
+                kh_test_fail(__FILE__, __LINE__, "bip340 row %s: signature differs (rv 0x%lx)", r.index,
                              (unsigned long)rv);
             /* the full (possibly odd-Y) key verifies too: BIP-340 uses only X */
-            KH_CHECK_RV(kh_crypto_verify(&pub2, KH_OP_BIP340, NULL, msg, 32, sig, 64), CKR_OK);
+            KH_CHECK_RV(kh_crypto_verify(&pub2, KH_OP_BIP340, NULL, r.msg, 32, r.sig, 64), CKR_OK);
             kh_softkey_free(key);
             kh_crypto_secret_free(norm, norm_len);
         }
-        rv = kh_pubkey_from_xonly(&pub, pk);
+        rv = kh_pubkey_from_xonly(&pub, r.pk);
         if (rv == CKR_OK)
-            rv = kh_crypto_verify(&pub, KH_OP_BIP340, NULL, msg, 32, sig, 64);
+            rv = kh_crypto_verify(&pub, KH_OP_BIP340, NULL, r.msg, 32, r.sig, 64);
         else
             KH_CHECK_RV(rv, CKR_ATTRIBUTE_VALUE_INVALID);
-        if ((rv == CKR_OK) == expect) {
+        if ((rv == CKR_OK) == r.expect) {
             verify_ok++;
-            if (expect)
+            if (r.expect)
                 verify_true++;
             else
                 verify_false++;
         } else {
-            kh_test_fail(__FILE__, __LINE__, "bip340 row %s (%s): expected %s, got 0x%lx", fld[0],
-                         fld[7] ? fld[7] : "", fld[6], (unsigned long)rv);
+            kh_test_fail(__FILE__, __LINE__, "bip340 row %s (%s): expected %s, got 0x%lx", r.index,
+                         r.comment, r.expect ? "TRUE" : "FALSE", (unsigned long)rv);
         }
-        free(msg);
     }
     fclose(f);
     KH_CHECK(rows == 19);
