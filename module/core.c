@@ -447,7 +447,7 @@ CK_RV kh_Finalize(CK_VOID_PTR pReserved)
     kh_sessions_free_all();
     kh_objects_free_all();
     tokens_free_all();
-    kh_keycache_flush_all();
+    kh_keycache_shutdown();
     if (kh_mod.store)
         kh_store_close(kh_mod.store);
     kh_mod.store = NULL;

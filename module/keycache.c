@@ -286,22 +286,32 @@ void kh_keycache_flush_all(void)
 }
 
 /*
+ * C_Finalize: drop every entry and release the cache's lock, which may be an
+ * application mutex that must not outlive the library's initialisation.
+ */
+void kh_keycache_shutdown(void)
+{
+    kh_keycache_flush_all();
+    free(kc.buckets);
+    kc.buckets = NULL;
+    kc.nbuckets = 0;
+    kc.count = 0;
+    kc.head = kc.tail = NULL;
+    kc.enabled = false;
+    if (kc.lock) {
+        kh_mutex_free(kc.lock);
+        kc.lock = NULL;
+    }
+}
+
+/*
  * Set the cache up (C_Initialize): no other thread may be inside the module.
  * Drops every entry.
  */
 void kh_keycache_configure(bool enabled, size_t max_keys, unsigned idle_s)
 {
     kh_keycache_flush_all();   /* replaces a lock inherited over fork first */
-    free(kc.buckets);
-    kc.buckets = NULL;
-    kc.nbuckets = 0;
-    kc.count = 0;
-    kc.head = kc.tail = NULL;
-    if (kc.lock) {
-        kh_mutex_free(kc.lock);
-        kc.lock = NULL;
-    }
-    kc.enabled = false;
+    kh_keycache_shutdown();
 
     if (kh_mutex_new(&kc.lock) != CKR_OK) {
         kc.lock = NULL;

@@ -332,6 +332,7 @@ typedef struct kh_sobj {
 } kh_sobj;
 
 static kh_sobj *sobjs;                /* under kh_mod.lock */
+static kh_mutex *keys_lock;           /* resolved-key cache: leaf lock, created lazily */
 static CK_OBJECT_HANDLE sobj_next = 1;
 
 static void sobj_free(kh_sobj *o)
@@ -384,6 +385,10 @@ void kh_objects_free_all(void)
         sobj_free(o);
     }
     keys_flush();
+    if (keys_lock) {
+        kh_mutex_free(keys_lock); /* may be an application mutex: not beyond C_Finalize */
+        keys_lock = NULL;
+    }
 }
 
 /* ---- object access ---- */
@@ -437,9 +442,7 @@ static bool is_token_handle(CK_OBJECT_HANDLE h)
 /* ---- the resolved-key cache (token objects) ---- */
 
 #define KH_KEYS_BUCKETS 256
-static kh_key *key_buckets[KH_KEYS_BUCKETS]; /* chained through ->sealed? no: own list */
 static struct kh_key_node { kh_key *key; struct kh_key_node *next; } *key_nodes[KH_KEYS_BUCKETS];
-static kh_mutex *keys_lock;                  /* leaf lock, created lazily under the global lock */
 
 static void key_unref(kh_key *key)
 {
@@ -465,7 +468,6 @@ static void keys_flush_locked(void)
         }
         key_nodes[b] = NULL;
     }
-    (void)key_buckets;
 }
 
 static kh_mutex *keys_lock_get(void)
