@@ -19,4 +19,13 @@ void kh_log_set_level(int level);
 void *kh_secmem_alloc(size_t len);      /* zeroed; NULL when out of locked memory */
 void kh_secmem_free(void *p, size_t len); /* wipes */
 
+/* ---- OpenSSL (ossl.c): the module's private library context ---- */
+
+#include <openssl/types.h>
+
+/* Every OpenSSL call of the module names this context (default provider only,
+ * no configuration file), so the host's engines and providers never see our
+ * keys. NULL only when OpenSSL cannot load its default provider. */
+OSSL_LIB_CTX *kh_ossl_libctx(void);
+
 #endif

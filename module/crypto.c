@@ -88,7 +88,7 @@ static void kh_crypto_do_init(void)
     };
     uint8_t seed[32];
     for (int h = KH_HASH_SHA1; h <= KH_HASH_SHA512; h++) {
-        kh_md[h] = EVP_MD_fetch(NULL, names[h], NULL);
+        kh_md[h] = EVP_MD_fetch(kh_ossl_libctx(), names[h], NULL);
         if (!kh_md[h]) {
             kh_crypto_init_rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "EVP_MD_fetch");
             return;
@@ -463,7 +463,7 @@ static CK_RV kh_ec_load(EVP_PKEY **pkey_out, kh_pubkey *pub, kh_alg alg, const u
     size_t plen;
     CK_RV rv = CKR_FUNCTION_FAILED;
 
-    group = EC_GROUP_new_by_curve_name(kh_ec_nid(alg));
+    group = EC_GROUP_new_by_curve_name_ex(kh_ossl_libctx(), NULL, kh_ec_nid(alg));
     bnctx = BN_CTX_secure_new();
     priv = BN_secure_new();
     if (!group || !bnctx || !priv) {
@@ -491,7 +491,7 @@ static CK_RV kh_ec_load(EVP_PKEY **pkey_out, kh_pubkey *pub, kh_alg alg, const u
     }
     if (pkey_out) {
         bld = OSSL_PARAM_BLD_new();
-        ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+        ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "EC", "provider=default");
         if (!bld || !ctx ||
             !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, kh_ec_group_name(alg), 0) ||
             !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, plen) ||
@@ -538,7 +538,7 @@ static CK_RV kh_ec_pub_pkey(EVP_PKEY **out, const kh_pubkey *pub)
     if (pub->point_len != 1 + 2 * flen || pub->point[0] != 0x04)
         return CKR_PUBLIC_KEY_INVALID;
     bld = OSSL_PARAM_BLD_new();
-    ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "EC", "provider=default");
     if (!bld || !ctx ||
         !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, kh_ec_group_name(pub->alg), 0) ||
         !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub->point, pub->point_len) ||
@@ -571,7 +571,7 @@ static CK_RV kh_ec_sign(const kh_softkey *key, const uint8_t *data, size_t data_
 
     if (data_len == 0)
         return CKR_DATA_LEN_RANGE;
-    ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key->pkey, NULL);
+    ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), key->pkey, NULL);
     /* No digest set: the data is the digest, truncated per FIPS 186 by OpenSSL. */
     if (!ctx || EVP_PKEY_sign_init(ctx) <= 0 ||
         EVP_PKEY_sign(ctx, der, &der_len, data, data_len) <= 0) {
@@ -626,7 +626,7 @@ static CK_RV kh_ec_verify(const kh_pubkey *pub, const uint8_t *data, size_t data
         goto out;
     }
     der_len = i2d_ECDSA_SIG(es, &der);
-    ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), pkey, NULL);
     if (der_len <= 0 || !ctx || EVP_PKEY_verify_init(ctx) <= 0) {
         rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "ECDSA verify setup");
         goto out;
@@ -646,7 +646,7 @@ out:
 
 static CK_RV kh_ed_load(EVP_PKEY **pkey_out, kh_pubkey *pub, const uint8_t seed[32])
 {
-    EVP_PKEY *pkey = EVP_PKEY_new_raw_private_key_ex(NULL, "ED25519", NULL, seed, 32);
+    EVP_PKEY *pkey = EVP_PKEY_new_raw_private_key_ex(kh_ossl_libctx(), "ED25519", NULL, seed, 32);
     size_t len = 32;
 
     if (!pkey)
@@ -672,7 +672,7 @@ static CK_RV kh_ed_sign(const kh_softkey *key, const uint8_t *data, size_t data_
     size_t len = 64;
     CK_RV rv = CKR_OK;
 
-    if (!md || EVP_DigestSignInit_ex(md, NULL, NULL, NULL, NULL, key->pkey, NULL) != 1 ||
+    if (!md || EVP_DigestSignInit_ex(md, NULL, NULL, kh_ossl_libctx(), NULL, key->pkey, NULL) != 1 ||
         EVP_DigestSign(md, sig, &len, data, data_len) != 1 || len != 64)
         rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 sign");
     EVP_MD_CTX_free(md);
@@ -690,11 +690,11 @@ static CK_RV kh_ed_verify(const kh_pubkey *pub, const uint8_t *data, size_t data
         return CKR_PUBLIC_KEY_INVALID;
     if (sig_len != 64)
         return CKR_SIGNATURE_LEN_RANGE;
-    pkey = EVP_PKEY_new_raw_public_key_ex(NULL, "ED25519", NULL, pub->point, 32);
+    pkey = EVP_PKEY_new_raw_public_key_ex(kh_ossl_libctx(), "ED25519", NULL, pub->point, 32);
     if (!pkey)
         return kh_crypto_ossl_rv(CKR_PUBLIC_KEY_INVALID, "Ed25519 public key");
     md = EVP_MD_CTX_new();
-    if (!md || EVP_DigestVerifyInit_ex(md, NULL, NULL, NULL, NULL, pkey, NULL) != 1) {
+    if (!md || EVP_DigestVerifyInit_ex(md, NULL, NULL, kh_ossl_libctx(), NULL, pkey, NULL) != 1) {
         rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 verify setup");
         goto out;
     }
@@ -758,7 +758,7 @@ static CK_RV kh_rsa_decode(EVP_PKEY **out, const uint8_t *der, size_t len)
     *out = NULL;
     if (len == 0 || len > LONG_MAX)
         return CKR_ATTRIBUTE_VALUE_INVALID;
-    pkey = d2i_PrivateKey(EVP_PKEY_RSA, NULL, &p, (long)len);
+    pkey = d2i_PrivateKey_ex(EVP_PKEY_RSA, NULL, &p, (long)len, kh_ossl_libctx(), NULL);
     if (!pkey)
         return kh_crypto_ossl_rv(CKR_ATTRIBUTE_VALUE_INVALID, "d2i_PrivateKey");
     if (p != der + len || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
@@ -772,7 +772,7 @@ static CK_RV kh_rsa_decode(EVP_PKEY **out, const uint8_t *der, size_t len)
 /* Consistency of a private key (n = pq, d, CRT values): for import only, it costs. */
 static CK_RV kh_rsa_check(EVP_PKEY *pkey)
 {
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), pkey, NULL);
     CK_RV rv = CKR_OK;
 
     if (!ctx)
@@ -812,7 +812,7 @@ static CK_RV kh_rsa_pub_pkey(EVP_PKEY **out, const kh_pubkey *pub, unsigned *bit
     }
     *bits = (unsigned)nbits;
     bld = OSSL_PARAM_BLD_new();
-    ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "RSA", "provider=default");
     if (!bld || !ctx ||
         !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
         !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) ||
@@ -875,7 +875,7 @@ static CK_RV kh_rsa_setup(EVP_PKEY_CTX *ctx, kh_sigop op, const kh_sigparams *pa
 static CK_RV kh_rsa_sign(const kh_softkey *key, kh_sigop op, const kh_sigparams *params,
                          const uint8_t *data, size_t data_len, uint8_t *sig)
 {
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key->pkey, NULL);
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), key->pkey, NULL);
     size_t len = key->sig_bytes;
     CK_RV rv;
 
@@ -909,7 +909,7 @@ static CK_RV kh_rsa_verify(const kh_pubkey *pub, kh_sigop op, const kh_sigparams
         rv = CKR_SIGNATURE_LEN_RANGE;
         goto out;
     }
-    ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), pkey, NULL);
     if (!ctx || EVP_PKEY_verify_init(ctx) <= 0) {
         rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA verify setup");
         goto out;
@@ -958,7 +958,7 @@ CK_RV kh_crypto_rsa_from_components(uint8_t **der, size_t *der_len,
             return CKR_ATTRIBUTE_VALUE_INVALID;
     }
     bld = OSSL_PARAM_BLD_new();
-    ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "RSA", "provider=default");
     if (!bld || !ctx) {
         rv = kh_crypto_ossl_rv(CKR_HOST_MEMORY, "RSA components setup");
         goto out;
@@ -1043,7 +1043,7 @@ CK_RV kh_crypto_generate(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
     case KH_ALG_RSA:
         if (rsa_bits < KH_RSA_MIN_BITS || rsa_bits > KH_RSA_MAX_BITS || rsa_bits % 8 != 0)
             return CKR_KEY_SIZE_RANGE;
-        ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+        ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "RSA", "provider=default");
         if (!ctx || EVP_PKEY_keygen_init(ctx) <= 0 ||
             EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, (int)rsa_bits) <= 0 ||
             EVP_PKEY_generate(ctx, &pkey) <= 0) {

@@ -4,9 +4,11 @@
  * these on their own.
  */
 #include "store.h"
+#include "base.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -100,7 +102,7 @@ CK_RV kh_kdf(uint8_t out[32], const uint8_t *pin, size_t pin_len,
     r = kdf->r;
     p = kdf->p;
 
-    alg = EVP_KDF_fetch(NULL, OSSL_KDF_NAME_SCRYPT, NULL);
+    alg = EVP_KDF_fetch(kh_ossl_libctx(), OSSL_KDF_NAME_SCRYPT, NULL);
     if (!alg)
         goto out;
     ctx = EVP_KDF_CTX_new(alg);
@@ -126,6 +128,21 @@ out:
     EVP_KDF_CTX_free(ctx);
     EVP_KDF_free(alg);
     return rv;
+}
+
+static EVP_CIPHER *kh_gcm;
+static pthread_once_t kh_gcm_once = PTHREAD_ONCE_INIT;
+
+static void kh_gcm_fetch(void)
+{
+    kh_gcm = EVP_CIPHER_fetch(kh_ossl_libctx(), "AES-256-GCM", NULL);
+}
+
+/* AES-256-GCM from the module's own library context (never a host engine). */
+static const EVP_CIPHER *gcm_cipher(void)
+{
+    pthread_once(&kh_gcm_once, kh_gcm_fetch);
+    return kh_gcm;
 }
 
 CK_RV kh_seal(uint8_t **out, size_t *out_len, const uint8_t key[32],
@@ -156,7 +173,7 @@ CK_RV kh_seal(uint8_t **out, size_t *out_len, const uint8_t key[32],
         rv = CKR_HOST_MEMORY;
         goto out_free;
     }
-    if (EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, buf) != 1)
+    if (!gcm_cipher() || EVP_EncryptInit_ex(ctx, gcm_cipher(), NULL, key, buf) != 1)
         goto out_free;
     if (aad_len && EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1)
         goto out_free;
@@ -206,7 +223,7 @@ CK_RV kh_unseal(uint8_t **out, size_t *out_len, const uint8_t key[32],
         rv = CKR_HOST_MEMORY;
         goto out_free;
     }
-    if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, blob) != 1)
+    if (!gcm_cipher() || EVP_DecryptInit_ex(ctx, gcm_cipher(), NULL, key, blob) != 1)
         goto out_free;
     if (aad_len && EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1)
         goto out_free;
