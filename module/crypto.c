@@ -2,11 +2,33 @@
  * keyhold crypto primitives (contract in crypto.h).
  *
  * secp256k1 goes through libsecp256k1 with one context, created and
- * randomised once and then shared read-only. P-256, P-384, Ed25519 and RSA go
- * through OpenSSL 3 EVP; digests are fetched once. OpenSSL failures reach
- * CK_RV through one translator (kh_crypto_ossl_rv), which logs the native
- * error code once when KEYHOLD_LOG=debug.
+ * randomised once and then shared read-only. P-256, P-384 and RSA go through
+ * OpenSSL's low-level EC_KEY / RSA objects, Ed25519 through OpenSSL 3 EVP;
+ * digests are fetched once. OpenSSL failures reach CK_RV through one
+ * translator (kh_crypto_ossl_rv), which logs the native error code once when
+ * KEYHOLD_LOG=debug.
+ *
+ * Engine-free by construction. The module runs inside other people's
+ * processes, and OpenSSL 3.0 still consults the host's ENGINE tables even
+ * though every call names our own OSSL_LIB_CTX (ossl.c): EVP_PKEY_CTX_new_*
+ * takes the EVP_PKEY method of whatever engine claims the key type
+ * (ENGINE_get_pkey_meth_engine in int_ctx_new, crypto/evp/pmeth_lib.c), and
+ * even the default provider's own RSA and EC keys get the default engine's
+ * RSA_METHOD / EC_KEY_METHOD. `openssl ... -engine pkcs11` (libp11) makes
+ * itself that default for RSA and EC, so EVP either broke our keys
+ * ("operation not supported for this keytype") or handed them to the engine.
+ * So P-256/P-384 and RSA keys are EC_KEY and RSA objects whose method is set
+ * to OpenSSL's own (EC_KEY_OpenSSL, RSA_PKCS1_OpenSSL) before any key
+ * material goes in, and no EVP_PKEY or EVP_PKEY_CTX is ever made for them;
+ * a default engine only sees the empty object being created and switched
+ * away from. SoftHSM does the same. These APIs are deprecated in OpenSSL 3.0,
+ * hence OPENSSL_SUPPRESS_DEPRECATED. Ed25519 has no low-level API and no
+ * engine method slot besides the EVP_PKEY one: every Ed25519 operation first
+ * refuses if an engine claims Ed25519 (libp11 does not), then checks that the
+ * key and context it got are provider-backed.
  */
+#define OPENSSL_SUPPRESS_DEPRECATED
+
 #include "crypto.h"
 #include "base.h"
 
@@ -19,13 +41,12 @@
 #include <sys/random.h>
 
 #include <openssl/bn.h>
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
+#include <openssl/engine.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/obj_mac.h>
-#include <openssl/param_build.h>
 #include <openssl/rsa.h>
 
 #include <secp256k1.h>
@@ -42,7 +63,9 @@ struct kh_softkey {
     unsigned rsa_bits;
     uint8_t seckey[32];            /* secp256k1 */
     secp256k1_keypair keypair;     /* secp256k1, precomputed for BIP-340 */
-    EVP_PKEY *pkey;                /* P-256, P-384, Ed25519, RSA */
+    EC_KEY *ec;                    /* P-256, P-384: OpenSSL's own method */
+    RSA *rsa;                      /* RSA: OpenSSL's own method, blinding on */
+    EVP_PKEY *pkey;                /* Ed25519 (provider-backed) */
 };
 
 struct kh_hash_ctx {
@@ -155,11 +178,6 @@ static size_t kh_field_len(kh_alg alg)
 static int kh_ec_nid(kh_alg alg)
 {
     return alg == KH_ALG_P256 ? NID_X9_62_prime256v1 : NID_secp384r1;
-}
-
-static const char *kh_ec_group_name(kh_alg alg)
-{
-    return alg == KH_ALG_P256 ? "P-256" : "P-384";
 }
 
 /* Strip leading zero bytes of a big-endian integer. */
@@ -445,26 +463,39 @@ static CK_RV kh_k1_verify(const kh_pubkey *pub, kh_sigop op, const uint8_t *data
 /* ---- P-256 / P-384 ---------------------------------------------------- */
 
 /*
- * From a field-size scalar: check it is in [1, n-1], derive the public point
- * into pub, and (if pkey_out) build an OpenSSL key pair.
+ * An empty EC_KEY on group in our library context, with OpenSSL's own
+ * method. EC_KEY_new_ex attaches the default engine's EC_KEY_METHOD, so the
+ * method is replaced before the group or any key material goes in.
  */
-static CK_RV kh_ec_load(EVP_PKEY **pkey_out, kh_pubkey *pub, kh_alg alg, const uint8_t *scalar)
+static EC_KEY *kh_ec_key_new(const EC_GROUP *group)
+{
+    EC_KEY *key = EC_KEY_new_ex(kh_ossl_libctx(), NULL);
+
+    if (!key || !EC_KEY_set_method(key, EC_KEY_OpenSSL()) || !EC_KEY_set_group(key, group)) {
+        EC_KEY_free(key);
+        return NULL;
+    }
+    return key;
+}
+
+/*
+ * From a field-size scalar: check it is in [1, n-1], derive the public point
+ * into pub, and (if key_out) build an OpenSSL key pair.
+ */
+static CK_RV kh_ec_load(EC_KEY **key_out, kh_pubkey *pub, kh_alg alg, const uint8_t *scalar)
 {
     size_t flen = kh_field_len(alg);
     EC_GROUP *group = NULL;
     EC_POINT *pt = NULL;
     BN_CTX *bnctx = NULL;
     BIGNUM *priv = NULL;
-    OSSL_PARAM_BLD *bld = NULL;
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *ctx = NULL;
-    EVP_PKEY *pkey = NULL;
+    EC_KEY *key = NULL;
     uint8_t point[KH_EC_POINT_MAX];
     size_t plen;
     CK_RV rv = CKR_FUNCTION_FAILED;
 
     group = EC_GROUP_new_by_curve_name_ex(kh_ossl_libctx(), NULL, kh_ec_nid(alg));
-    bnctx = BN_CTX_secure_new();
+    bnctx = BN_CTX_secure_new_ex(kh_ossl_libctx());
     priv = BN_secure_new();
     if (!group || !bnctx || !priv) {
         rv = kh_crypto_ossl_rv(CKR_HOST_MEMORY, "EC setup");
@@ -489,17 +520,11 @@ static CK_RV kh_ec_load(EVP_PKEY **pkey_out, kh_pubkey *pub, kh_alg alg, const u
         rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "EC_POINT_point2oct");
         goto out;
     }
-    if (pkey_out) {
-        bld = OSSL_PARAM_BLD_new();
-        ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "EC", "provider=default");
-        if (!bld || !ctx ||
-            !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, kh_ec_group_name(alg), 0) ||
-            !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, plen) ||
-            !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, priv) ||
-            !(params = OSSL_PARAM_BLD_to_param(bld)) ||
-            EVP_PKEY_fromdata_init(ctx) <= 0 ||
-            EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_KEYPAIR, params) <= 0) {
-            rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "EC key from data");
+    if (key_out) {
+        /* set_private_key copies the scalar into a secure, constant-time BIGNUM. */
+        key = kh_ec_key_new(group);
+        if (!key || !EC_KEY_set_private_key(key, priv) || !EC_KEY_set_public_key(key, pt)) {
+            rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "EC key");
             goto out;
         }
     }
@@ -508,16 +533,13 @@ static CK_RV kh_ec_load(EVP_PKEY **pkey_out, kh_pubkey *pub, kh_alg alg, const u
         pub->point_len = plen;
         pub->alg = alg;
     }
-    if (pkey_out) {
-        *pkey_out = pkey;
-        pkey = NULL;
+    if (key_out) {
+        *key_out = key;
+        key = NULL;
     }
     rv = CKR_OK;
 out:
-    EVP_PKEY_free(pkey);
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);     /* the secure part (the scalar) is cleared */
-    OSSL_PARAM_BLD_free(bld);
+    EC_KEY_free(key);           /* clears the private key */
     BN_clear_free(priv);
     EC_POINT_free(pt);
     BN_CTX_free(bnctx);
@@ -525,71 +547,72 @@ out:
     return rv;
 }
 
-/* An OpenSSL public key from an uncompressed point; NULL if it is not on the curve. */
-static CK_RV kh_ec_pub_pkey(EVP_PKEY **out, const kh_pubkey *pub)
+/* An OpenSSL public key from an uncompressed point; CKR_PUBLIC_KEY_INVALID if it is not on the curve. */
+static CK_RV kh_ec_pub_key(EC_KEY **out, const kh_pubkey *pub)
 {
     size_t flen = kh_field_len(pub->alg);
-    OSSL_PARAM_BLD *bld = NULL;
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *ctx = NULL;
+    EC_GROUP *group = NULL;
+    EC_POINT *pt = NULL;
+    EC_KEY *key = NULL;
     CK_RV rv = CKR_OK;
 
     *out = NULL;
     if (pub->point_len != 1 + 2 * flen || pub->point[0] != 0x04)
         return CKR_PUBLIC_KEY_INVALID;
-    bld = OSSL_PARAM_BLD_new();
-    ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "EC", "provider=default");
-    if (!bld || !ctx ||
-        !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, kh_ec_group_name(pub->alg), 0) ||
-        !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub->point, pub->point_len) ||
-        !(params = OSSL_PARAM_BLD_to_param(bld)) ||
-        EVP_PKEY_fromdata_init(ctx) <= 0) {
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "EC public key setup");
+    group = EC_GROUP_new_by_curve_name_ex(kh_ossl_libctx(), NULL, kh_ec_nid(pub->alg));
+    pt = group ? EC_POINT_new(group) : NULL;
+    if (!pt) {
+        rv = kh_crypto_ossl_rv(CKR_HOST_MEMORY, "EC public key setup");
         goto out;
     }
-    /* fromdata decodes the point, which checks that it lies on the curve. */
-    if (EVP_PKEY_fromdata(ctx, out, EVP_PKEY_PUBLIC_KEY, params) <= 0)
+    /* oct2point decodes the point, which checks that it lies on the curve. */
+    if (!EC_POINT_oct2point(group, pt, pub->point, pub->point_len, NULL)) {
         rv = kh_crypto_ossl_rv(CKR_PUBLIC_KEY_INVALID, "EC public key");
+        goto out;
+    }
+    key = kh_ec_key_new(group);
+    if (!key || !EC_KEY_set_public_key(key, pt)) {
+        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "EC public key");
+        goto out;
+    }
+    *out = key;
+    key = NULL;
 out:
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
+    EC_KEY_free(key);
+    EC_POINT_free(pt);
+    EC_GROUP_free(group);
     return rv;
 }
 
-/* ECDSA with OpenSSL; DER output converted to fixed-width r||s. */
+/*
+ * ECDSA takes the leftmost field-size bytes of a longer digest (FIPS 186;
+ * both orders are whole bytes), so only those are passed: no int overflow.
+ */
+static int kh_ec_digest_len(kh_alg alg, size_t data_len)
+{
+    size_t flen = kh_field_len(alg);
+
+    return (int)(data_len < flen ? data_len : flen);
+}
+
+/* ECDSA with OpenSSL's own method, fixed-width r||s out. */
 static CK_RV kh_ec_sign(const kh_softkey *key, const uint8_t *data, size_t data_len, uint8_t *sig)
 {
     size_t flen = kh_field_len(key->alg);
-    EVP_PKEY_CTX *ctx = NULL;
-    ECDSA_SIG *es = NULL;
-    uint8_t der[160];
-    size_t der_len = sizeof der;
-    const unsigned char *p = der;
+    ECDSA_SIG *es;
     const BIGNUM *r, *s;
     CK_RV rv = CKR_OK;
 
     if (data_len == 0)
         return CKR_DATA_LEN_RANGE;
-    ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), key->pkey, NULL);
-    /* No digest set: the data is the digest, truncated per FIPS 186 by OpenSSL. */
-    if (!ctx || EVP_PKEY_sign_init(ctx) <= 0 ||
-        EVP_PKEY_sign(ctx, der, &der_len, data, data_len) <= 0) {
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "ECDSA sign");
-        goto out;
-    }
-    es = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
-    if (!es) {
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "d2i_ECDSA_SIG");
-        goto out;
-    }
+    es = ECDSA_do_sign(data, kh_ec_digest_len(key->alg, data_len), key->ec);
+    if (!es)
+        return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "ECDSA sign");
     ECDSA_SIG_get0(es, &r, &s);
     if (BN_bn2binpad(r, sig, (int)flen) != (int)flen ||
         BN_bn2binpad(s, sig + flen, (int)flen) != (int)flen)
         rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "BN_bn2binpad");
-out:
     ECDSA_SIG_free(es);
-    EVP_PKEY_CTX_free(ctx);
     return rv;
 }
 
@@ -597,15 +620,13 @@ static CK_RV kh_ec_verify(const kh_pubkey *pub, const uint8_t *data, size_t data
                           const uint8_t *sig, size_t sig_len)
 {
     size_t flen = kh_field_len(pub->alg);
-    EVP_PKEY *pkey = NULL;
-    EVP_PKEY_CTX *ctx = NULL;
+    EC_KEY *key = NULL;
     ECDSA_SIG *es = NULL;
     BIGNUM *r = NULL, *s = NULL;
-    unsigned char *der = NULL;
-    int der_len, ok;
+    int ok;
     CK_RV rv;
 
-    rv = kh_ec_pub_pkey(&pkey, pub);
+    rv = kh_ec_pub_key(&key, pub);
     if (rv != CKR_OK)
         return rv;
     if (data_len == 0) {
@@ -625,32 +646,55 @@ static CK_RV kh_ec_verify(const kh_pubkey *pub, const uint8_t *data, size_t data
         rv = kh_crypto_ossl_rv(CKR_HOST_MEMORY, "ECDSA_SIG");
         goto out;
     }
-    der_len = i2d_ECDSA_SIG(es, &der);
-    ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), pkey, NULL);
-    if (der_len <= 0 || !ctx || EVP_PKEY_verify_init(ctx) <= 0) {
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "ECDSA verify setup");
-        goto out;
-    }
     /* OpenSSL rejects r or s of zero or >= n. */
-    ok = EVP_PKEY_verify(ctx, der, (size_t)der_len, data, data_len);
+    ok = ECDSA_do_verify(data, kh_ec_digest_len(pub->alg, data_len), es, key);
     rv = ok == 1 ? CKR_OK : kh_crypto_ossl_rv(CKR_SIGNATURE_INVALID, "ECDSA verify");
 out:
-    OPENSSL_free(der);
     ECDSA_SIG_free(es);
-    EVP_PKEY_CTX_free(ctx);
-    EVP_PKEY_free(pkey);
+    EC_KEY_free(key);
     return rv;
 }
 
 /* ---- Ed25519 ---------------------------------------------------------- */
 
+/*
+ * Ed25519 stays on EVP (there is no low-level API), whose EVP_PKEY_CTX
+ * lookup still asks the ENGINE tables for the key type. No engine we know
+ * of claims Ed25519; if one does, refuse rather than let it see our key.
+ */
+static CK_RV kh_ed_engine_free(void)
+{
+#ifndef OPENSSL_NO_ENGINE
+    ENGINE *pm = ENGINE_get_pkey_meth_engine(EVP_PKEY_ED25519);
+    ENGINE *am = ENGINE_get_pkey_asn1_meth_engine(EVP_PKEY_ED25519);
+    bool claimed = pm != NULL || am != NULL;
+
+    ENGINE_finish(pm);
+    ENGINE_finish(am);
+    if (claimed) {
+        kh_log(KH_LOG_ERROR, "crypto: an OpenSSL ENGINE of the host process claims Ed25519; not using it");
+        return CKR_FUNCTION_FAILED;
+    }
+#endif
+    return CKR_OK;
+}
+
 static CK_RV kh_ed_load(EVP_PKEY **pkey_out, kh_pubkey *pub, const uint8_t seed[32])
 {
-    EVP_PKEY *pkey = EVP_PKEY_new_raw_private_key_ex(kh_ossl_libctx(), "ED25519", NULL, seed, 32);
+    EVP_PKEY *pkey;
     size_t len = 32;
+    CK_RV rv = kh_ed_engine_free();
 
+    if (rv != CKR_OK)
+        return rv;
+    pkey = EVP_PKEY_new_raw_private_key_ex(kh_ossl_libctx(), "ED25519", NULL, seed, 32);
     if (!pkey)
         return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 private key");
+    if (!EVP_PKEY_get0_provider(pkey)) {
+        EVP_PKEY_free(pkey);
+        kh_log(KH_LOG_ERROR, "crypto: Ed25519 key is not provider-backed");
+        return CKR_FUNCTION_FAILED;
+    }
     if (pub) {
         if (EVP_PKEY_get_raw_public_key(pkey, pub->point, &len) != 1 || len != 32) {
             EVP_PKEY_free(pkey);
@@ -666,15 +710,35 @@ static CK_RV kh_ed_load(EVP_PKEY **pkey_out, kh_pubkey *pub, const uint8_t seed[
     return CKR_OK;
 }
 
+/* After Digest{Sign,Verify}Init: the operation must be a provider's. */
+static bool kh_ed_ctx_provided(EVP_MD_CTX *md)
+{
+    if (EVP_PKEY_CTX_get0_provider(EVP_MD_CTX_get_pkey_ctx(md)))
+        return true;
+    kh_log(KH_LOG_ERROR, "crypto: Ed25519 operation is not provider-backed");
+    return false;
+}
+
 static CK_RV kh_ed_sign(const kh_softkey *key, const uint8_t *data, size_t data_len, uint8_t *sig)
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_MD_CTX *md = NULL;
     size_t len = 64;
-    CK_RV rv = CKR_OK;
+    CK_RV rv = kh_ed_engine_free();
 
-    if (!md || EVP_DigestSignInit_ex(md, NULL, NULL, kh_ossl_libctx(), NULL, key->pkey, NULL) != 1 ||
-        EVP_DigestSign(md, sig, &len, data, data_len) != 1 || len != 64)
+    if (rv != CKR_OK)
+        return rv;
+    md = EVP_MD_CTX_new();
+    if (!md || EVP_DigestSignInit_ex(md, NULL, NULL, kh_ossl_libctx(), NULL, key->pkey, NULL) != 1) {
+        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 sign setup");
+        goto out;
+    }
+    if (!kh_ed_ctx_provided(md)) {
+        rv = CKR_FUNCTION_FAILED;
+        goto out;
+    }
+    if (EVP_DigestSign(md, sig, &len, data, data_len) != 1 || len != 64)
         rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 sign");
+out:
     EVP_MD_CTX_free(md);
     return rv;
 }
@@ -690,12 +754,19 @@ static CK_RV kh_ed_verify(const kh_pubkey *pub, const uint8_t *data, size_t data
         return CKR_PUBLIC_KEY_INVALID;
     if (sig_len != 64)
         return CKR_SIGNATURE_LEN_RANGE;
+    rv = kh_ed_engine_free();
+    if (rv != CKR_OK)
+        return rv;
     pkey = EVP_PKEY_new_raw_public_key_ex(kh_ossl_libctx(), "ED25519", NULL, pub->point, 32);
     if (!pkey)
         return kh_crypto_ossl_rv(CKR_PUBLIC_KEY_INVALID, "Ed25519 public key");
     md = EVP_MD_CTX_new();
     if (!md || EVP_DigestVerifyInit_ex(md, NULL, NULL, kh_ossl_libctx(), NULL, pkey, NULL) != 1) {
         rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 verify setup");
+        goto out;
+    }
+    if (!kh_ed_ctx_provided(md)) {
+        rv = CKR_FUNCTION_FAILED;
         goto out;
     }
     rv = EVP_DigestVerify(md, sig, 64, data, data_len) == 1
@@ -708,91 +779,136 @@ out:
 
 /* ---- RSA -------------------------------------------------------------- */
 
-/* Fill pub from an RSA key and check its size. */
-static CK_RV kh_rsa_fill_pub(kh_pubkey *pub, const EVP_PKEY *pkey)
+/*
+ * An empty RSA object with OpenSSL's own method and blinding on. RSA_new()
+ * attaches the default engine's RSA_METHOD (and its flags), so the method is
+ * replaced and the flags reset before any key material goes in. The object
+ * has no library context of its own: blinding, PSS salts and RSA key
+ * generation draw from OpenSSL's default DRBG.
+ */
+static RSA *kh_rsa_new(void)
 {
-    BIGNUM *n = NULL, *e = NULL;
-    int bits = EVP_PKEY_get_bits(pkey);
-    CK_RV rv = CKR_OK;
+    RSA *rsa = RSA_new();
 
+    if (!rsa || !RSA_set_method(rsa, RSA_PKCS1_OpenSSL())) {
+        RSA_free(rsa);
+        return NULL;
+    }
+    RSA_clear_flags(rsa, ~(RSA_FLAG_CACHE_PUBLIC | RSA_FLAG_CACHE_PRIVATE));
+    return rsa;
+}
+
+/* Fill pub from an RSA key and check its size. */
+static CK_RV kh_rsa_fill_pub(kh_pubkey *pub, const RSA *rsa)
+{
+    const BIGNUM *n = NULL, *e = NULL;
+    int bits;
+
+    RSA_get0_key(rsa, &n, &e, NULL);
+    if (!n || !e)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    bits = BN_num_bits(n);
     if (bits < (int)KH_RSA_MIN_BITS || bits > (int)KH_RSA_MAX_BITS)
         return CKR_KEY_SIZE_RANGE;
-    if (!EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_N, &n) ||
-        !EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &e)) {
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA n/e");
-        goto out;
-    }
-    if ((size_t)BN_num_bytes(n) > sizeof pub->n || (size_t)BN_num_bytes(e) > sizeof pub->e) {
-        rv = CKR_ATTRIBUTE_VALUE_INVALID;
-        goto out;
-    }
+    if ((size_t)BN_num_bytes(n) > sizeof pub->n || (size_t)BN_num_bytes(e) > sizeof pub->e)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
     pub->alg = KH_ALG_RSA;
     pub->n_len = (size_t)BN_bn2bin(n, pub->n);
     pub->e_len = (size_t)BN_bn2bin(e, pub->e);
-out:
-    BN_free(n);
-    BN_free(e);
-    return rv;
+    return CKR_OK;
 }
 
 /* PKCS#1 RSAPrivateKey DER of a key, into a malloc'd buffer. */
-static CK_RV kh_rsa_encode(uint8_t **der, size_t *der_len, const EVP_PKEY *pkey)
+static CK_RV kh_rsa_encode(uint8_t **der, size_t *der_len, const RSA *rsa)
 {
     unsigned char *tmp = NULL;
-    int len = i2d_PrivateKey(pkey, &tmp);   /* "type-specific" = PKCS#1 for RSA */
+    int len = i2d_RSAPrivateKey(rsa, &tmp);
     CK_RV rv;
 
     if (len <= 0)
-        return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "i2d_PrivateKey");
+        return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "i2d_RSAPrivateKey");
     rv = kh_secret_dup(der, der_len, tmp, (size_t)len);
     OPENSSL_clear_free(tmp, (size_t)len);
     return rv;
 }
 
-/* Parse PKCS#1 DER (the whole buffer, nothing trailing). */
-static CK_RV kh_rsa_decode(EVP_PKEY **out, const uint8_t *der, size_t len)
+/* Parse PKCS#1 RSAPrivateKey DER (the whole buffer, nothing trailing). */
+static CK_RV kh_rsa_decode(RSA **out, const uint8_t *der, size_t len)
 {
     const unsigned char *p = der;
-    EVP_PKEY *pkey;
+    RSA *rsa;
 
     *out = NULL;
     if (len == 0 || len > LONG_MAX)
         return CKR_ATTRIBUTE_VALUE_INVALID;
-    pkey = d2i_PrivateKey_ex(EVP_PKEY_RSA, NULL, &p, (long)len, kh_ossl_libctx(), NULL);
-    if (!pkey)
-        return kh_crypto_ossl_rv(CKR_ATTRIBUTE_VALUE_INVALID, "d2i_PrivateKey");
-    if (p != der + len || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
-        EVP_PKEY_free(pkey);
+    rsa = kh_rsa_new();
+    if (!rsa)
+        return kh_crypto_ossl_rv(CKR_HOST_MEMORY, "RSA_new");
+    /* d2i fills the object it is given (secure, constant-time BIGNUMs for
+     * the secret parts); on failure it frees it and sets rsa to NULL. */
+    if (!d2i_RSAPrivateKey(&rsa, &p, (long)len)) {
+        RSA_free(rsa);
+        return kh_crypto_ossl_rv(CKR_ATTRIBUTE_VALUE_INVALID, "d2i_RSAPrivateKey");
+    }
+    if (p != der + len) {
+        RSA_free(rsa);
         return CKR_ATTRIBUTE_VALUE_INVALID;
     }
-    *out = pkey;
+    *out = rsa;
     return CKR_OK;
 }
 
-/* Consistency of a private key (n = pq, d, CRT values): for import only, it costs. */
-static CK_RV kh_rsa_check(EVP_PKEY *pkey)
+/* A prime factor below 752 (SP 800-56B's small-factor check on n). */
+static bool kh_rsa_small_factor(const BIGNUM *p)
 {
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), pkey, NULL);
-    CK_RV rv = CKR_OK;
-
-    if (!ctx)
-        return kh_crypto_ossl_rv(CKR_HOST_MEMORY, "EVP_PKEY_CTX_new_from_pkey");
-    if (EVP_PKEY_pairwise_check(ctx) != 1)
-        rv = kh_crypto_ossl_rv(CKR_ATTRIBUTE_VALUE_INVALID, "RSA pairwise check");
-    EVP_PKEY_CTX_free(ctx);
-    return rv;
+    return BN_num_bits(p) <= 10 && BN_get_word(p) < 752;
 }
 
-static CK_RV kh_rsa_pub_pkey(EVP_PKEY **out, const kh_pubkey *pub, unsigned *bits)
+/*
+ * Consistency of a private key, for import only (it costs): what OpenSSL's
+ * key-pair validation checks, i.e. the public part (odd n without small
+ * factors and not a prime power, odd e > 1), 1 <= d < n, and RSA_check_key
+ * (primes, n = pq, d, CRT values).
+ */
+static CK_RV kh_rsa_check(const RSA *rsa)
+{
+    const BIGNUM *n = NULL, *e = NULL, *d = NULL, *p = NULL, *q = NULL;
+    const BIGNUM *extra[8];     /* OpenSSL allows at most 3 extra primes */
+    int n_extra = RSA_get_multi_prime_extra_count(rsa);
+
+    RSA_get0_key(rsa, &n, &e, &d);
+    RSA_get0_factors(rsa, &p, &q);
+    if (!n || !e || !d || !p || !q || !BN_is_odd(n) ||
+        BN_cmp(d, BN_value_one()) < 0 || BN_cmp(d, n) >= 0 || BN_cmp(p, q) == 0 ||
+        kh_rsa_small_factor(p) || kh_rsa_small_factor(q))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (n_extra < 0 || n_extra > 8)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (n_extra > 0) {
+        if (!RSA_get0_multi_prime_factors(rsa, extra))
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        for (int i = 0; i < n_extra; i++) {
+            if (kh_rsa_small_factor(extra[i]) || BN_cmp(extra[i], p) == 0 || BN_cmp(extra[i], q) == 0)
+                return CKR_ATTRIBUTE_VALUE_INVALID;
+            for (int j = 0; j < i; j++) {
+                if (BN_cmp(extra[i], extra[j]) == 0)
+                    return CKR_ATTRIBUTE_VALUE_INVALID;
+            }
+        }
+    }
+    if (RSA_check_key_ex(rsa, NULL) != 1)
+        return kh_crypto_ossl_rv(CKR_ATTRIBUTE_VALUE_INVALID, "RSA key check");
+    return CKR_OK;
+}
+
+static CK_RV kh_rsa_pub_key(RSA **out, const kh_pubkey *pub, unsigned *bits)
 {
     size_t n_len = pub->n_len <= sizeof pub->n ? pub->n_len : 0;
     size_t e_len = pub->e_len <= sizeof pub->e ? pub->e_len : 0;
     const uint8_t *n = kh_strip_zeros(pub->n, &n_len);
     const uint8_t *e = kh_strip_zeros(pub->e, &e_len);
     BIGNUM *bn_n = NULL, *bn_e = NULL;
-    OSSL_PARAM_BLD *bld = NULL;
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *ctx = NULL;
+    RSA *rsa = NULL;
     CK_RV rv = CKR_OK;
     int nbits;
 
@@ -811,52 +927,40 @@ static CK_RV kh_rsa_pub_pkey(EVP_PKEY **out, const kh_pubkey *pub, unsigned *bit
         goto out;
     }
     *bits = (unsigned)nbits;
-    bld = OSSL_PARAM_BLD_new();
-    ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "RSA", "provider=default");
-    if (!bld || !ctx ||
-        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
-        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) ||
-        !(params = OSSL_PARAM_BLD_to_param(bld)) ||
-        EVP_PKEY_fromdata_init(ctx) <= 0) {
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA public key setup");
+    rsa = kh_rsa_new();
+    if (!rsa || !RSA_set0_key(rsa, bn_n, bn_e, NULL)) {
+        rv = kh_crypto_ossl_rv(CKR_HOST_MEMORY, "RSA public key");
         goto out;
     }
-    if (EVP_PKEY_fromdata(ctx, out, EVP_PKEY_PUBLIC_KEY, params) <= 0)
-        rv = kh_crypto_ossl_rv(CKR_PUBLIC_KEY_INVALID, "RSA public key");
+    bn_n = bn_e = NULL;     /* owned by rsa now */
+    *out = rsa;
+    rsa = NULL;
 out:
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
+    RSA_free(rsa);
     BN_free(bn_n);
     BN_free(bn_e);
     return rv;
 }
 
 /*
- * Set padding (and for PSS digest, MGF1 digest, salt length) on a sign or
- * verify context, after checking the input length against the key: PKCS#1
- * v1.5 takes at most k-11 bytes, PSS exactly one digest.
+ * Check the input length and parameters against the key: PKCS#1 v1.5 takes
+ * at most k-11 bytes, PSS exactly one digest, with a salt that fits.
+ * For PSS, *md and *mgf are the digests to use.
  */
-static CK_RV kh_rsa_setup(EVP_PKEY_CTX *ctx, kh_sigop op, const kh_sigparams *params,
-                          unsigned bits, size_t data_len)
+static CK_RV kh_rsa_params(kh_sigop op, const kh_sigparams *params, unsigned bits, size_t data_len,
+                           const EVP_MD **md, const EVP_MD **mgf)
 {
     size_t k = (bits + 7) / 8;
     size_t em_len = (bits - 1 + 7) / 8;
-    const EVP_MD *md, *mgf;
     size_t hlen;
 
-    if (op == KH_OP_RSA_PKCS) {
-        if (data_len > k - 11)
-            return CKR_DATA_LEN_RANGE;
-        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
-            return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA PKCS#1 padding");
-        return CKR_OK;
-    }
+    if (op == KH_OP_RSA_PKCS)
+        return data_len > k - 11 ? CKR_DATA_LEN_RANGE : CKR_OK;
     if (!params)
         return CKR_MECHANISM_PARAM_INVALID;
-    md = kh_md_get(params->pss_hash);
-    mgf = kh_md_get(params->pss_mgf_hash);
-    if (!md || !mgf)
+    *md = kh_md_get(params->pss_hash);
+    *mgf = kh_md_get(params->pss_mgf_hash);
+    if (!*md || !*mgf)
         return CKR_MECHANISM_PARAM_INVALID;
     hlen = kh_hash_len(params->pss_hash);
     if (data_len != hlen)
@@ -864,64 +968,71 @@ static CK_RV kh_rsa_setup(EVP_PKEY_CTX *ctx, kh_sigop op, const kh_sigparams *pa
     if (params->pss_salt_len > INT_MAX || em_len < hlen + 2 ||
         params->pss_salt_len > em_len - hlen - 2)
         return CKR_MECHANISM_PARAM_INVALID;
-    if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
-        EVP_PKEY_CTX_set_signature_md(ctx, md) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)params->pss_salt_len) <= 0)
-        return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA PSS parameters");
     return CKR_OK;
 }
 
 static CK_RV kh_rsa_sign(const kh_softkey *key, kh_sigop op, const kh_sigparams *params,
                          const uint8_t *data, size_t data_len, uint8_t *sig)
 {
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), key->pkey, NULL);
-    size_t len = key->sig_bytes;
+    const EVP_MD *md = NULL, *mgf = NULL;
+    uint8_t em[KH_RSA_MAX_BYTES];
+    int k = (int)key->sig_bytes;
+    int n;
     CK_RV rv;
 
-    if (!ctx || EVP_PKEY_sign_init(ctx) <= 0) {
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA sign setup");
-        goto out;
-    }
-    rv = kh_rsa_setup(ctx, op, params, key->rsa_bits, data_len);
+    rv = kh_rsa_params(op, params, key->rsa_bits, data_len, &md, &mgf);
     if (rv != CKR_OK)
-        goto out;
-    /* No digest for PKCS#1: OpenSSL pads the DigestInfo (or raw data) with type 1. */
-    if (EVP_PKEY_sign(ctx, sig, &len, data, data_len) <= 0 || len != key->sig_bytes)
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA sign");
-out:
-    EVP_PKEY_CTX_free(ctx);
-    return rv;
+        return rv;
+    if (op == KH_OP_RSA_PKCS) {
+        /* Type 1 padding over the DigestInfo (or raw data). */
+        n = RSA_private_encrypt((int)data_len, data, sig, key->rsa, RSA_PKCS1_PADDING);
+    } else {
+        /* EMSA-PSS encoding (k bytes, a leading zero when the modulus bits are 8m+1), then the raw private operation. */
+        if (!RSA_padding_add_PKCS1_PSS_mgf1(key->rsa, em, data, md, mgf, (int)params->pss_salt_len)) {
+            OPENSSL_cleanse(em, sizeof em);
+            return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA PSS encode");
+        }
+        n = RSA_private_encrypt(k, em, sig, key->rsa, RSA_NO_PADDING);
+        OPENSSL_cleanse(em, sizeof em);
+    }
+    if (n != k)
+        return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA sign");
+    return CKR_OK;
 }
 
 static CK_RV kh_rsa_verify(const kh_pubkey *pub, kh_sigop op, const kh_sigparams *params,
                            const uint8_t *data, size_t data_len, const uint8_t *sig, size_t sig_len)
 {
-    EVP_PKEY *pkey = NULL;
-    EVP_PKEY_CTX *ctx = NULL;
+    const EVP_MD *md = NULL, *mgf = NULL;
+    uint8_t buf[KH_RSA_MAX_BYTES];
+    RSA *rsa = NULL;
     unsigned bits = 0;
+    int n;
     CK_RV rv;
 
-    rv = kh_rsa_pub_pkey(&pkey, pub, &bits);
+    rv = kh_rsa_pub_key(&rsa, pub, &bits);
     if (rv != CKR_OK)
         return rv;
     if (sig_len != (bits + 7) / 8) {
         rv = CKR_SIGNATURE_LEN_RANGE;
         goto out;
     }
-    ctx = EVP_PKEY_CTX_new_from_pkey(kh_ossl_libctx(), pkey, NULL);
-    if (!ctx || EVP_PKEY_verify_init(ctx) <= 0) {
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA verify setup");
-        goto out;
-    }
-    rv = kh_rsa_setup(ctx, op, params, bits, data_len);
+    rv = kh_rsa_params(op, params, bits, data_len, &md, &mgf);
     if (rv != CKR_OK)
         goto out;
-    rv = EVP_PKEY_verify(ctx, sig, sig_len, data, data_len) == 1
-             ? CKR_OK : kh_crypto_ossl_rv(CKR_SIGNATURE_INVALID, "RSA verify");
+    if (op == KH_OP_RSA_PKCS) {
+        /* Strip type 1 padding; what is left must be exactly the data. */
+        n = RSA_public_decrypt((int)sig_len, sig, buf, rsa, RSA_PKCS1_PADDING);
+        rv = n >= 0 && (size_t)n == data_len && CRYPTO_memcmp(buf, data, data_len) == 0
+                 ? CKR_OK : kh_crypto_ossl_rv(CKR_SIGNATURE_INVALID, "RSA verify");
+    } else {
+        n = RSA_public_decrypt((int)sig_len, sig, buf, rsa, RSA_NO_PADDING);
+        rv = n == (int)sig_len &&
+             RSA_verify_PKCS1_PSS_mgf1(rsa, data, md, mgf, buf, (int)params->pss_salt_len) == 1
+                 ? CKR_OK : kh_crypto_ossl_rv(CKR_SIGNATURE_INVALID, "RSA PSS verify");
+    }
 out:
-    EVP_PKEY_CTX_free(ctx);
-    EVP_PKEY_free(pkey);
+    RSA_free(rsa);
     return rv;
 }
 
@@ -931,19 +1042,10 @@ CK_RV kh_crypto_rsa_from_components(uint8_t **der, size_t *der_len,
                                     const uint8_t *q, size_t q_len, const uint8_t *dp, size_t dp_len,
                                     const uint8_t *dq, size_t dq_len, const uint8_t *qi, size_t qi_len)
 {
-    static const char *const names[8] = {
-        OSSL_PKEY_PARAM_RSA_N, OSSL_PKEY_PARAM_RSA_E, OSSL_PKEY_PARAM_RSA_D,
-        OSSL_PKEY_PARAM_RSA_FACTOR1, OSSL_PKEY_PARAM_RSA_FACTOR2,
-        OSSL_PKEY_PARAM_RSA_EXPONENT1, OSSL_PKEY_PARAM_RSA_EXPONENT2,
-        OSSL_PKEY_PARAM_RSA_COEFFICIENT1,
-    };
     const uint8_t *in[8] = { n, e, d, p, q, dp, dq, qi };
     const size_t in_len[8] = { n_len, e_len, d_len, p_len, q_len, dp_len, dq_len, qi_len };
     BIGNUM *bn[8] = { NULL };
-    OSSL_PARAM_BLD *bld = NULL;
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *ctx = NULL;
-    EVP_PKEY *pkey = NULL;
+    RSA *rsa = NULL;
     kh_pubkey pub;
     CK_RV rv = kh_crypto_init();
 
@@ -957,40 +1059,42 @@ CK_RV kh_crypto_rsa_from_components(uint8_t **der, size_t *der_len,
         if (!in[i] || in_len[i] == 0 || in_len[i] > KH_RSA_MAX_BYTES + 1)
             return CKR_ATTRIBUTE_VALUE_INVALID;
     }
-    bld = OSSL_PARAM_BLD_new();
-    ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "RSA", "provider=default");
-    if (!bld || !ctx) {
-        rv = kh_crypto_ossl_rv(CKR_HOST_MEMORY, "RSA components setup");
+    rsa = kh_rsa_new();
+    if (!rsa) {
+        rv = kh_crypto_ossl_rv(CKR_HOST_MEMORY, "RSA_new");
         goto out;
     }
     for (int i = 0; i < 8; i++) {
-        /* Secure BNs put the secret parameters in memory OSSL_PARAM_free clears. */
+        /* Secure, cleared-on-free BIGNUMs for the secret parameters. */
         bn[i] = i < 2 ? BN_new() : BN_secure_new();
-        if (!bn[i] || !BN_bin2bn(in[i], (int)in_len[i], bn[i]) ||
-            !OSSL_PARAM_BLD_push_BN(bld, names[i], bn[i])) {
+        if (!bn[i] || !BN_bin2bn(in[i], (int)in_len[i], bn[i])) {
             rv = kh_crypto_ossl_rv(CKR_HOST_MEMORY, "RSA components");
             goto out;
         }
     }
-    params = OSSL_PARAM_BLD_to_param(bld);
-    if (!params || EVP_PKEY_fromdata_init(ctx) <= 0) {
-        rv = kh_crypto_ossl_rv(CKR_HOST_MEMORY, "RSA components params");
-        goto out;
-    }
-    if (EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_KEYPAIR, params) <= 0) {
+    /* set0 takes ownership (and marks the secret parts constant-time). */
+    if (!RSA_set0_key(rsa, bn[0], bn[1], bn[2])) {
         rv = kh_crypto_ossl_rv(CKR_ATTRIBUTE_VALUE_INVALID, "RSA from components");
         goto out;
     }
-    rv = kh_rsa_fill_pub(&pub, pkey);
+    bn[0] = bn[1] = bn[2] = NULL;
+    if (!RSA_set0_factors(rsa, bn[3], bn[4])) {
+        rv = kh_crypto_ossl_rv(CKR_ATTRIBUTE_VALUE_INVALID, "RSA from components");
+        goto out;
+    }
+    bn[3] = bn[4] = NULL;
+    if (!RSA_set0_crt_params(rsa, bn[5], bn[6], bn[7])) {
+        rv = kh_crypto_ossl_rv(CKR_ATTRIBUTE_VALUE_INVALID, "RSA from components");
+        goto out;
+    }
+    bn[5] = bn[6] = bn[7] = NULL;
+    rv = kh_rsa_fill_pub(&pub, rsa);
     if (rv == CKR_OK)
-        rv = kh_rsa_check(pkey);
+        rv = kh_rsa_check(rsa);
     if (rv == CKR_OK)
-        rv = kh_rsa_encode(der, der_len, pkey);
+        rv = kh_rsa_encode(der, der_len, rsa);
 out:
-    EVP_PKEY_free(pkey);
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
+    RSA_free(rsa);              /* clears the private parts */
     for (int i = 0; i < 8; i++)
         BN_clear_free(bn[i]);
     return rv;
@@ -1003,8 +1107,8 @@ CK_RV kh_crypto_generate(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
 {
     uint8_t sk[48];
     size_t flen = kh_field_len(alg);
-    EVP_PKEY_CTX *ctx = NULL;
-    EVP_PKEY *pkey = NULL;
+    RSA *rsa = NULL;
+    BIGNUM *e = NULL;
     CK_RV rv = kh_crypto_init();
 
     if (rv != CKR_OK)
@@ -1043,23 +1147,23 @@ CK_RV kh_crypto_generate(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
     case KH_ALG_RSA:
         if (rsa_bits < KH_RSA_MIN_BITS || rsa_bits > KH_RSA_MAX_BITS || rsa_bits % 8 != 0)
             return CKR_KEY_SIZE_RANGE;
-        ctx = EVP_PKEY_CTX_new_from_name(kh_ossl_libctx(), "RSA", "provider=default");
-        if (!ctx || EVP_PKEY_keygen_init(ctx) <= 0 ||
-            EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, (int)rsa_bits) <= 0 ||
-            EVP_PKEY_generate(ctx, &pkey) <= 0) {
+        rsa = kh_rsa_new();
+        e = BN_new();
+        if (!rsa || !e || !BN_set_word(e, RSA_F4) ||
+            !RSA_generate_key_ex(rsa, (int)rsa_bits, e, NULL)) {
             rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "RSA keygen");
             break;
         }
-        rv = kh_rsa_fill_pub(pub, pkey);
+        rv = kh_rsa_fill_pub(pub, rsa);
         if (rv == CKR_OK)
-            rv = kh_rsa_encode(secret, secret_len, pkey);
+            rv = kh_rsa_encode(secret, secret_len, rsa);
         break;
     default:
         return CKR_ARGUMENTS_BAD;
     }
     OPENSSL_cleanse(sk, sizeof sk);
-    EVP_PKEY_free(pkey);
-    EVP_PKEY_CTX_free(ctx);
+    RSA_free(rsa);              /* clears the private parts */
+    BN_free(e);
     if (rv != CKR_OK) {
         kh_crypto_secret_free(*secret, *secret_len);
         *secret = NULL;
@@ -1074,7 +1178,7 @@ CK_RV kh_crypto_import(kh_pubkey *pub, uint8_t **norm, size_t *norm_len,
 {
     uint8_t sk[48];
     size_t flen = kh_field_len(alg);
-    EVP_PKEY *pkey = NULL;
+    RSA *rsa = NULL;
     uint8_t *out = NULL;
     size_t out_len = 0;
     CK_RV rv = kh_crypto_init();
@@ -1111,19 +1215,19 @@ CK_RV kh_crypto_import(kh_pubkey *pub, uint8_t **norm, size_t *norm_len,
             rv = kh_secret_dup(&out, &out_len, secret, 32);
         break;
     case KH_ALG_RSA:
-        rv = kh_rsa_decode(&pkey, secret, secret_len);
+        rv = kh_rsa_decode(&rsa, secret, secret_len);
         if (rv == CKR_OK)
-            rv = kh_rsa_fill_pub(pub, pkey);
+            rv = kh_rsa_fill_pub(pub, rsa);
         if (rv == CKR_OK)
-            rv = kh_rsa_check(pkey);
+            rv = kh_rsa_check(rsa);
         if (rv == CKR_OK && norm)
-            rv = kh_rsa_encode(&out, &out_len, pkey);
+            rv = kh_rsa_encode(&out, &out_len, rsa);
         break;
     default:
         return CKR_ARGUMENTS_BAD;
     }
     OPENSSL_cleanse(sk, sizeof sk);
-    EVP_PKEY_free(pkey);
+    RSA_free(rsa);
     if (rv != CKR_OK) {
         kh_crypto_secret_free(out, out_len);
         memset(pub, 0, sizeof *pub);
@@ -1168,21 +1272,21 @@ CK_RV kh_softkey_load(kh_softkey **out, kh_alg alg, const uint8_t *secret, size_
         if (len == 0 || !kh_scalar_fit(sk, flen, secret, len))
             rv = CKR_ATTRIBUTE_VALUE_INVALID;
         else
-            rv = kh_ec_load(&key->pkey, NULL, alg, sk);
+            rv = kh_ec_load(&key->ec, NULL, alg, sk);
         break;
     case KH_ALG_ED25519:
         rv = len == 32 ? kh_ed_load(&key->pkey, NULL, secret) : CKR_ATTRIBUTE_VALUE_INVALID;
         break;
     case KH_ALG_RSA:
         /* No consistency check here: the blob was checked when it was imported. */
-        rv = kh_rsa_decode(&key->pkey, secret, len);
+        rv = kh_rsa_decode(&key->rsa, secret, len);
         if (rv == CKR_OK) {
-            int bits = EVP_PKEY_get_bits(key->pkey);
+            int bits = RSA_bits(key->rsa);
             if (bits < (int)KH_RSA_MIN_BITS || bits > (int)KH_RSA_MAX_BITS) {
                 rv = CKR_KEY_SIZE_RANGE;
             } else {
                 key->rsa_bits = (unsigned)bits;
-                key->sig_bytes = (size_t)EVP_PKEY_get_size(key->pkey);
+                key->sig_bytes = (size_t)RSA_size(key->rsa);
             }
         }
         break;
@@ -1203,7 +1307,10 @@ void kh_softkey_free(kh_softkey *key)
 {
     if (!key)
         return;
-    EVP_PKEY_free(key->pkey);   /* OpenSSL clears private key material on free */
+    /* OpenSSL clears private key material on free. */
+    EC_KEY_free(key->ec);
+    RSA_free(key->rsa);
+    EVP_PKEY_free(key->pkey);
     kh_secmem_free(key, sizeof *key);
 }
 
@@ -1262,7 +1369,8 @@ CK_RV kh_softkey_sign(const kh_softkey *key, kh_sigop op, const kh_sigparams *pa
 CK_RV kh_pubkey_check(const kh_pubkey *pub)
 {
     secp256k1_pubkey pk;
-    EVP_PKEY *pkey = NULL;
+    EC_KEY *ec = NULL;
+    RSA *rsa = NULL;
     unsigned bits;
     CK_RV rv = kh_crypto_init();
 
@@ -1275,18 +1383,19 @@ CK_RV kh_pubkey_check(const kh_pubkey *pub)
         return kh_k1_parse_pub(&pk, pub) ? CKR_OK : CKR_ATTRIBUTE_VALUE_INVALID;
     case KH_ALG_P256:
     case KH_ALG_P384:
-        rv = kh_ec_pub_pkey(&pkey, pub);
+        rv = kh_ec_pub_key(&ec, pub);
         break;
     case KH_ALG_ED25519:
         /* OpenSSL decodes the point only when verifying. */
         return pub->point_len == 32 ? CKR_OK : CKR_ATTRIBUTE_VALUE_INVALID;
     case KH_ALG_RSA:
-        rv = kh_rsa_pub_pkey(&pkey, pub, &bits);
+        rv = kh_rsa_pub_key(&rsa, pub, &bits);
         break;
     default:
         return CKR_ATTRIBUTE_VALUE_INVALID;
     }
-    EVP_PKEY_free(pkey);
+    EC_KEY_free(ec);
+    RSA_free(rsa);
     return rv == CKR_PUBLIC_KEY_INVALID ? CKR_ATTRIBUTE_VALUE_INVALID : rv;
 }
 
