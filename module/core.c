@@ -714,9 +714,12 @@ CK_RV kh_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PT
                    rv == CKR_OK ? "ok" : "failed");
     kh_store_release();
     if (rv != CKR_OK) {
+        kh_log(KH_LOG_INFO, "token %lld: %s login failed (rv 0x%lx)", (long long)tok->id,
+               userType == CKU_SO ? "SO" : "user", rv);
         kh_secmem_free(key, KH_TOKEN_KEY_LEN);
         goto out_put;
     }
+    kh_log(KH_LOG_DEBUG, "token %lld: %s logged in", (long long)tok->id, userType == CKU_SO ? "SO" : "user");
     kh_mutex_lock(tok->lock);
     if (tok->login != KH_NOT_LOGGED_IN) {
         /* another thread logged in meanwhile */

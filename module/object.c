@@ -989,6 +989,8 @@ CK_RV kh_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism
             kh_store_release();
         }
     }
+    kh_log(KH_LOG_DEBUG, "token %lld: generated key pair %lu/%lu on %s", (long long)s->tok->id, handles[0],
+           handles[1], ops->name);
     *phPublicKey = handles[0];
     *phPrivateKey = handles[1];
 out:
