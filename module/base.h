@@ -18,6 +18,7 @@ void kh_log_set_level(int level);
 
 void *kh_secmem_alloc(size_t len);      /* zeroed; NULL when out of locked memory */
 void kh_secmem_free(void *p, size_t len); /* wipes */
+void kh_secmem_cleanup(void);           /* module unload: unmap arenas no longer in use */
 
 /* ---- OpenSSL (ossl.c): the module's private library context ---- */
 
@@ -27,5 +28,6 @@ void kh_secmem_free(void *p, size_t len); /* wipes */
  * no configuration file), so the host's engines and providers never see our
  * keys. NULL only when OpenSSL cannot load its default provider. */
 OSSL_LIB_CTX *kh_ossl_libctx(void);
+void kh_ossl_cleanup(void);  /* module unload only: the context cannot come back */
 
 #endif

@@ -134,6 +134,20 @@ static void kh_crypto_do_init(void)
     kh_crypto_init_rv = CKR_OK;
 }
 
+/* Module unload only (pthread_once cannot run the init again afterwards). */
+void kh_crypto_cleanup(void)
+{
+    for (int h = KH_HASH_SHA1; h <= KH_HASH_SHA512; h++) {
+        EVP_MD_free(kh_md[h]);
+        kh_md[h] = NULL;
+    }
+    if (kh_secp) {
+        secp256k1_context_destroy(kh_secp);
+        kh_secp = NULL;
+    }
+    kh_crypto_init_rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
 CK_RV kh_crypto_init(void)
 {
     if (pthread_once(&kh_crypto_once, kh_crypto_do_init) != 0)

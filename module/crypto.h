@@ -73,7 +73,9 @@ typedef struct kh_pubkey {
 
 typedef struct kh_softkey kh_softkey;
 
-CK_RV kh_crypto_init(void);  /* idempotent, thread-safe (pthread_once) */
+CK_RV kh_crypto_init(void);
+/* Module unload: free the shared contexts (kh_crypto_init will not run again). */
+void kh_crypto_cleanup(void);  /* idempotent, thread-safe (pthread_once) */
 
 /*
  * Signature length in bytes for op with this key: 2 * field size for ECDSA

@@ -34,3 +34,11 @@ OSSL_LIB_CTX *kh_ossl_libctx(void)
     pthread_once(&kh_libctx_once, kh_libctx_init);
     return kh_libctx;
 }
+
+void kh_ossl_cleanup(void)
+{
+    if (kh_libctx) {
+        OSSL_LIB_CTX_free(kh_libctx);
+        kh_libctx = NULL;
+    }
+}

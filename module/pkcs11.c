@@ -893,6 +893,22 @@ static CK_FUNCTION_LIST_3_0 kh_function_list_3_0 = {
     .C_MessageVerifyFinal = C_MessageVerifyFinal,
 };
 
+/*
+ * dlclose or exit: free what lives for the whole load (OpenSSL context and
+ * fetched algorithms, the secp256k1 context, empty secmem arenas), so a host
+ * that unloads the module leaks nothing. An application that never called
+ * C_Finalize keeps its state; only the process-wide helpers go.
+ */
+__attribute__((destructor)) static void kh_unload(void)
+{
+    if (kh_mod.initialized)
+        return;
+    kh_crypto_cleanup();
+    kh_seal_cleanup();
+    kh_ossl_cleanup();
+    kh_secmem_cleanup();
+}
+
 static CK_INTERFACE kh_interfaces[] = {
     { (CK_CHAR_PTR)"PKCS 11", &kh_function_list_3_0, 0 },
     { (CK_CHAR_PTR)"PKCS 11", &kh_function_list, 0 },

@@ -233,3 +233,23 @@ void kh_secmem_free(void *p, size_t len)
 out_unlock:
     pthread_mutex_unlock(&sm_lock);
 }
+
+/*
+ * Module unload: release arenas that hold nothing any more (their pages are
+ * wiped and unmapped). Arenas still in use are left alone.
+ */
+void kh_secmem_cleanup(void)
+{
+    pthread_mutex_lock(&sm_lock);
+    for (sm_arena **pp = &sm_arenas; *pp;) {
+        sm_arena *a = *pp;
+        if (a->nused == 0) {
+            *pp = a->next;
+            sm_unmap(a->base, KH_ARENA_SIZE);
+            free(a);
+        } else {
+            pp = &a->next;
+        }
+    }
+    pthread_mutex_unlock(&sm_lock);
+}

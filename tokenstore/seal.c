@@ -138,6 +138,13 @@ static void kh_gcm_fetch(void)
     kh_gcm = EVP_CIPHER_fetch(kh_ossl_libctx(), "AES-256-GCM", NULL);
 }
 
+/* Module unload: release the fetched cipher. */
+void kh_seal_cleanup(void)
+{
+    EVP_CIPHER_free(kh_gcm);
+    kh_gcm = NULL;
+}
+
 /* AES-256-GCM from the module's own library context (never a host engine). */
 static const EVP_CIPHER *gcm_cipher(void)
 {

@@ -166,6 +166,8 @@ CK_RV kh_unseal(uint8_t **out, size_t *out_len, const uint8_t key[32],
 #define KH_OBJ_AAD_LEN (14 + 2 * KH_UID_LEN)
 void kh_obj_aad(uint8_t out[KH_OBJ_AAD_LEN], const uint8_t token_uid[KH_UID_LEN],
                 const uint8_t obj_uid[KH_UID_LEN]);
+/* Module unload: release what sealing fetched from OpenSSL. */
+void kh_seal_cleanup(void);
 /* A wipe the compiler cannot drop. */
 void kh_wipe(void *p, size_t len);
 
