@@ -14,6 +14,7 @@
 #include <openssl/provider.h>
 
 static OSSL_LIB_CTX *kh_libctx;
+static OSSL_PROVIDER *kh_default_prov;
 static pthread_once_t kh_libctx_once = PTHREAD_ONCE_INIT;
 
 static void kh_libctx_init(void)
@@ -21,7 +22,8 @@ static void kh_libctx_init(void)
     OSSL_LIB_CTX *ctx = OSSL_LIB_CTX_new();
     if (!ctx)
         return;
-    if (!OSSL_PROVIDER_load(ctx, "default")) {
+    kh_default_prov = OSSL_PROVIDER_load(ctx, "default");
+    if (!kh_default_prov) {
         OSSL_LIB_CTX_free(ctx);
         kh_log(KH_LOG_ERROR, "cannot load OpenSSL's default provider");
         return;
@@ -38,6 +40,8 @@ OSSL_LIB_CTX *kh_ossl_libctx(void)
 void kh_ossl_cleanup(void)
 {
     if (kh_libctx) {
+        OSSL_PROVIDER_unload(kh_default_prov);
+        kh_default_prov = NULL;
         OSSL_LIB_CTX_free(kh_libctx);
         kh_libctx = NULL;
     }
