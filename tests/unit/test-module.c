@@ -1188,7 +1188,8 @@ static CK_SESSION_HANDLE fork_session;
 static CK_OBJECT_HANDLE fork_pub, fork_priv;
 static CK_SLOT_ID fork_slot;
 
-/* Exit codes: 1 init, 2 old handle still valid, 3 open, 4 login, 5 sign, 6 verify, 7 finalize. */
+/* Exit codes: 1 init, 2 old handle still valid, 3 open, 4 login, 5 sign, 6 verify, 7 finalize,
+ * 8 key generation in the child. */
 static int child_after_fork(void)
 {
     if (F->C_Initialize(NULL) != CKR_OK)
@@ -1208,6 +1209,10 @@ static int child_after_fork(void)
         return 5;
     if (F->C_VerifyInit(s, &m, fork_pub) != CKR_OK || F->C_Verify(s, data32, 32, sig, sl) != CKR_OK)
         return 6;
+    /* a key made by this (other) process must be found by the parent without re-initialising */
+    CK_OBJECT_HANDLE pub, priv;
+    if (gen_ec(s, P_P256, sizeof P_P256, true, "from-child", &pub, &priv) != CKR_OK)
+        return 8;
     if (F->C_Finalize(NULL) != CKR_OK)
         return 7;
     return 0;
@@ -1227,6 +1232,15 @@ static void test_fork(void)
     /* the parent is untouched */
     KH_CHECK(session_state(fork_session) == CKS_RW_USER_FUNCTIONS);
     sign_verify(fork_session, CKM_ECDSA, fork_priv, fork_pub, data32, 32);
+    /* and sees the child's new key pair, found by label, without C_Finalize/C_Initialize */
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_LABEL, "from-child", 10 } };
+    CK_OBJECT_HANDLE priv = 0, pub = 0;
+    KH_CHECK(find_all(fork_session, t, 2, &priv, 1) == 1);
+    cls = CKO_PUBLIC_KEY;
+    KH_CHECK(find_all(fork_session, t, 2, &pub, 1) == 1);
+    if (priv && pub)
+        sign_verify(fork_session, CKM_ECDSA, priv, pub, data32, 32);
     mod_fini();
 }
 
