@@ -89,6 +89,20 @@ void kh_sign_ops_reset(kh_session *s)
 }
 
 /* The slot of s that holds the sign or verify operation. */
+/*
+ * The length query (NULL buffer) and CKR_BUFFER_TOO_SMALL, once for every
+ * output: true when buf can take need bytes; otherwise *len is set to need,
+ * *rv says CKR_OK or CKR_BUFFER_TOO_SMALL, and the operation stays active.
+ */
+static bool out_room(const void *buf, CK_ULONG_PTR len, size_t need, CK_RV *rv)
+{
+    if (buf && *len >= need)
+        return true;
+    *rv = buf ? CKR_BUFFER_TOO_SMALL : CKR_OK;
+    *len = need;
+    return false;
+}
+
 static struct kh_sign_op **op_slot(kh_session *s, CK_FLAGS purpose)
 {
     return purpose == CKF_SIGN ? &s->sign : &s->verify;
@@ -352,16 +366,8 @@ static struct kh_sign_op *sign_take(kh_session *s, bool one_shot, bool args_ok, 
         *rv = CKR_GENERAL_ERROR;
         goto out_end;
     }
-    if (!sig) {
-        *sig_len = need;
-        *rv = CKR_OK;
+    if (!out_room(sig, sig_len, need, rv))
         goto out_unlock_null;
-    }
-    if (*sig_len < need) {
-        *sig_len = need;
-        *rv = CKR_BUFFER_TOO_SMALL;
-        goto out_unlock_null;
-    }
     s->sign = NULL;
     kh_mutex_unlock(s->lock);
     *rv = CKR_OK;
@@ -589,16 +595,8 @@ static struct kh_digest_op *digest_take(kh_session *s, bool one_shot, bool args_
         goto out_end;
     }
     size_t need = kh_hash_len(op->hash);
-    if (!out) {
-        *out_len = need;
-        *rv = CKR_OK;
+    if (!out_room(out, out_len, need, rv))
         goto out_unlock_null;
-    }
-    if (*out_len < need) {
-        *out_len = need;
-        *rv = CKR_BUFFER_TOO_SMALL;
-        goto out_unlock_null;
-    }
     s->digest = NULL;
     kh_mutex_unlock(s->lock);
     *rv = CKR_OK;
