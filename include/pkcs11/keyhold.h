@@ -16,6 +16,11 @@ extern "C" {
 /* Vendor base: the ASCII letters "KH" in bits 16..31 (0x4B 'K', 0x48 'H'). */
 #define KH_VENDOR_BASE 0x4B480000UL
 
+/*
+ * The low bits n are allocated in ranges, per part of keyhold:
+ * 0x01-0x0F core and vault, 0x10-0x1F tpm backend, 0x20-0x2F remote backend.
+ */
+
 /* Mechanisms */
 
 /* BIP-340 Schnorr over a 32-byte message; optional parameter: 32-byte aux_rand. */
