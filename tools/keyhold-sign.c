@@ -253,7 +253,7 @@ static int kh_sign_find_key(struct kh_sign_job *j, struct kh_p11 *p, CK_SESSION_
     if (count > 1) {
         free(objs);
         return kh_sign_fail(j, KH_SIGN_EXIT_USAGE,
-                            "%lu private keys match %s on token '%s': add id= to the URI", count,
+                            "%lu private keys match %s on token '%s': the URI must name one (object= and id=)", count,
                             what, tok->label);
     }
     *key = objs[0];
@@ -286,14 +286,15 @@ static int kh_sign_with_key(struct kh_sign_job *j, struct kh_p11 *p, CK_SESSION_
     const uint8_t *data = msg;
     size_t data_len = msg_len, sig_len = 0;
     uint8_t *sig = NULL;
-    char tname[32];
+    char tbuf[32];
+    const char *tname;
     int ret;
     CK_RV rv;
 
     rv = kh_p11_describe(p, s, key, &desc);
     if (rv != CKR_OK)
         return kh_sign_fail_rv(j, "C_GetAttributeValue", rv);
-    kh_p11_key_type_name(&desc, tname, sizeof tname);
+    tname = kh_p11_key_type_name(&desc, tbuf, sizeof tbuf);
     if (j->o->mechanism) {
         m = kh_sign_mech_by_name(j->o->mechanism);
         if (!m || !kh_sign_mech_fits(m, desc.key_type, desc.kind)) {
@@ -548,6 +549,7 @@ static int kh_sign_parse_args(struct kh_sign_opts *o, int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", kh_sign_options, NULL)) != -1) {
         const char *name = NULL;
+        const struct option *opt = NULL;
         switch (c) {
         case 'h':
             fputs(kh_sign_usage, stdout);
@@ -574,7 +576,9 @@ static int kh_sign_parse_args(struct kh_sign_opts *o, int argc, char **argv)
             return KH_SIGN_EXIT_USAGE;
         }
         if (!kh_sign_opts_set(o, name, optarg, err, sizeof err)) {
-            kh_sign_usage_error("--%s", err);
+            for (opt = kh_sign_options; opt->name && opt->val != c; opt++)
+                ;
+            kh_sign_usage_error("--%s: %s", opt->name ? opt->name : name, err);
             return KH_SIGN_EXIT_USAGE;
         }
     }

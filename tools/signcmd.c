@@ -221,7 +221,7 @@ bool kh_sign_opts_set(struct kh_sign_opts *o, const char *name, const char *valu
     if (strcmp(name, "uri") == 0) {
         str = &o->uri;
         if (strncmp(value, "pkcs11:", 7) != 0) {
-            snprintf(err, errlen, "uri: not a PKCS#11 URI (must start with pkcs11:)");
+            snprintf(err, errlen, "not a PKCS#11 URI (must start with pkcs11:)");
             return false;
         }
     } else if (strcmp(name, "module") == 0) {
@@ -229,13 +229,13 @@ bool kh_sign_opts_set(struct kh_sign_opts *o, const char *name, const char *valu
     } else if (strcmp(name, "pin_file") == 0) {
         str = &o->pin_file;
         if (strcmp(value, "-") == 0) {
-            snprintf(err, errlen, "pin_file: '-' (stdin) cannot be used: stdin carries the message");
+            snprintf(err, errlen, "'-' (stdin) cannot be used: stdin carries the message");
             return false;
         }
     } else if (strcmp(name, "mechanism") == 0) {
         str = &o->mechanism;
         if (!kh_sign_mech_by_name(value)) {
-            snprintf(err, errlen, "mechanism: unknown '%s' (one of: %s)", value, kh_sign_mech_names());
+            snprintf(err, errlen, "unknown mechanism '%s' (one of: %s)", value, kh_sign_mech_names());
             return false;
         }
     } else if (strcmp(name, "in") == 0) {
@@ -245,7 +245,7 @@ bool kh_sign_opts_set(struct kh_sign_opts *o, const char *name, const char *valu
         } else if (strcmp(value, "raw") == 0) {
             v = KH_SIGN_IN_RAW;
         } else {
-            snprintf(err, errlen, "in: unknown format '%s' (base64, raw)", value);
+            snprintf(err, errlen, "unknown format '%s' (base64, raw)", value);
             return false;
         }
         repeated = o->in != KH_SIGN_IN_UNSET;
@@ -260,7 +260,7 @@ bool kh_sign_opts_set(struct kh_sign_opts *o, const char *name, const char *valu
         } else if (strcmp(value, "raw") == 0) {
             v = KH_SIGN_OUT_RAW;
         } else {
-            snprintf(err, errlen, "out: unknown format '%s' (base64, hex, raw)", value);
+            snprintf(err, errlen, "unknown format '%s' (base64, hex, raw)", value);
             return false;
         }
         repeated = o->out != KH_SIGN_OUT_UNSET;
@@ -269,7 +269,7 @@ bool kh_sign_opts_set(struct kh_sign_opts *o, const char *name, const char *valu
     } else if (strcmp(name, "timeout_ms") == 0) {
         long v;
         if (!kh_sign_parse_timeout(value, &v)) {
-            snprintf(err, errlen, "timeout_ms: '%s' is not a whole number of milliseconds from 1 to %ld",
+            snprintf(err, errlen, "'%s' is not a whole number of milliseconds from 1 to %ld",
                      value, KH_SIGN_TIMEOUT_MAX_MS);
             return false;
         }
@@ -277,13 +277,13 @@ bool kh_sign_opts_set(struct kh_sign_opts *o, const char *name, const char *valu
         if (!repeated)
             o->timeout_ms = v;
     } else {
-        snprintf(err, errlen, "unknown setting '%s'", name);
+        snprintf(err, errlen, "unknown setting");
         return false;
     }
 
     if (str) {
         if (!value[0]) {
-            snprintf(err, errlen, "%s: empty value", name);
+            snprintf(err, errlen, "empty value");
             return false;
         }
         repeated = *str != NULL;
@@ -296,7 +296,7 @@ bool kh_sign_opts_set(struct kh_sign_opts *o, const char *name, const char *valu
         }
     }
     if (repeated) {
-        snprintf(err, errlen, "%s is given twice", name);
+        snprintf(err, errlen, "given twice");
         return false;
     }
     return true;
@@ -350,16 +350,19 @@ bool kh_sign_conf_parse(struct kh_sign_opts *o, const char *text, size_t len,
         }
         memcpy(name, ks, (size_t)(ke - ks));
         name[ke - ks] = '\0';
-        value = strndup(vs, (size_t)(ve - vs));
+        /* Not strndup: text need not be NUL-terminated. */
+        value = malloc((size_t)(ve - vs) + 1);
         if (!value) {
             snprintf(err, errlen, "out of memory");
             return false;
         }
+        memcpy(value, vs, (size_t)(ve - vs));
+        value[ve - vs] = '\0';
         ok = kh_sign_opts_set(o, name, value, why, sizeof why);
         kh_wipe(value, strlen(value));
         free(value);
         if (!ok) {
-            snprintf(err, errlen, "line %u: %s", line, why);
+            snprintf(err, errlen, "line %u: %s: %s", line, name, why);
             return false;
         }
     }
@@ -464,21 +467,25 @@ static int kh_sign_decode_base64(uint8_t **msg, size_t *msg_len, const uint8_t *
     unsigned bits = 0;
     uint8_t *out;
 
+    /* First the alphabet, then where '=' stands: the first bad byte is named. */
     for (size_t i = 0; i < len; i++) {
-        if (line[i] == '=') {
-            /* '=' only as the last one or two characters of the line. */
-            if (i + 2 < len || (i + 2 == len && line[i + 1] != '=')) {
-                snprintf(err, errlen, "invalid base64: '=' at offset %zu is not final padding", i);
-                return KH_SIGN_EXIT_INPUT;
-            }
-            pad++;
-        } else if (kh_sign_b64val(line[i]) < 0) {
+        if (line[i] != '=' && kh_sign_b64val(line[i]) < 0) {
             if (line[i] == '\n' || line[i] == '\r')
                 snprintf(err, errlen, "invalid base64: line break at offset %zu (one line expected)", i);
             else
                 snprintf(err, errlen, "invalid base64: byte at offset %zu is not in the base64 alphabet", i);
             return KH_SIGN_EXIT_INPUT;
         }
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (line[i] != '=')
+            continue;
+        /* '=' only as the last one or two characters of the line. */
+        if (i + 2 < len || (i + 2 == len && line[i + 1] != '=')) {
+            snprintf(err, errlen, "invalid base64: '=' at offset %zu is not final padding", i);
+            return KH_SIGN_EXIT_INPUT;
+        }
+        pad++;
     }
     if (len % 4 != 0) {
         snprintf(err, errlen, "invalid base64: length %zu is not a multiple of 4 ('=' padding is required)", len);

@@ -77,8 +77,10 @@ void kh_sign_opts_clear(struct kh_sign_opts *o);
  * the mechanism name is checked against the table.
  *
  * Returns: true; false with a reason in err on an unknown name, a bad value
- *          or a setting already set (o is then unchanged). err never holds
- *          the value of uri (it may carry a PIN).
+ *          or a setting already set (o is then unchanged). The reason does
+ *          not repeat the name (callers say "--timeout-ms: " or "line 3:
+ *          timeout_ms: ") and never holds the value of uri (it may carry a
+ *          PIN).
  */
 bool kh_sign_opts_set(struct kh_sign_opts *o, const char *name, const char *value,
                       char *err, size_t errlen);
