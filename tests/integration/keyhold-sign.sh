@@ -45,14 +45,16 @@ uri() { printf 'pkcs11:token=%s;object=k-%s' "$TOKEN" "$1"; }
 
 # ks <stdin-file> <args...>: runs keyhold-sign (under a safety-net timeout)
 # with stdin from the file; stdout -> $OUT, stderr -> $ERR; sets RC and MS.
+# KS_NOPIN=1 runs it without KEYHOLD_PIN in its environment.
 OUT="$KH_TMP/ks.out"
 ERR="$KH_TMP/ks.err"
 ks() {
-    local in="$1" t0 t1
+    local in="$1" t0 t1 envcmd=(env)
     shift
+    [ -z "${KS_NOPIN:-}" ] || envcmd+=(-u KEYHOLD_PIN)
     RC=0
     t0="$(date +%s%N)"
-    timeout -k 5 120 "$KEYHOLD_SIGN" "$@" <"$in" >"$OUT" 2>"$ERR" || RC=$?
+    "${envcmd[@]}" timeout -k 5 120 "$KEYHOLD_SIGN" "$@" <"$in" >"$OUT" 2>"$ERR" || RC=$?
     t1="$(date +%s%N)"
     MS=$(((t1 - t0) / 1000000))
 }
@@ -67,12 +69,14 @@ ks_ok() {
 }
 
 # ks_fails <code> <stderr-regex> <what>: the last run failed with exactly
-# this code, wrote nothing on stdout, one line on stderr matching the regex,
-# and neither the PIN nor the message text appears on stderr.
+# this code, within the default deadline (10 s) + 1 s, wrote nothing on
+# stdout, one line on stderr matching the regex, and neither the PIN nor the
+# message text appears on stderr.
 LAST_MSG_B64=""
 ks_fails() {
     local code="$1" re="$2" what="$3"
     [ "$RC" -eq "$code" ] || { sed 's/^/     | /' "$ERR" >&2; fail "$what: exit $RC, want $code"; }
+    [ "$MS" -le 11000 ] || fail "$what: exited after $MS ms, beyond the 10 s default deadline + 1 s"
     [ ! -s "$OUT" ] || fail "$what: stdout is not empty ($(wc -c <"$OUT") bytes)"
     [ "$(wc -l <"$ERR")" -eq 1 ] || { sed 's/^/     | /' "$ERR" >&2; fail "$what: stderr is not one line"; }
     grep -E -- "$re" "$ERR" >/dev/null || { sed 's/^/     | /' "$ERR" >&2; fail "$what: stderr does not match /$re/"; }
@@ -316,12 +320,11 @@ pin_ok "URI pin-source over a wrong --pin-file and KEYHOLD_PIN" "KEYHOLD_PIN=$WR
     --uri "$(uri ed25519)?pin-source=$KH_TMP/pin" --pin-file "$KH_TMP/wrongpin"
 pin_ok "--pin-file over a wrong KEYHOLD_PIN" "KEYHOLD_PIN=$WRONG_PIN" -- \
     --uri "$(uri ed25519)" --pin-file "$KH_TMP/pin"
-env -u KEYHOLD_PIN timeout 60 "$KEYHOLD_SIGN" --uri "$(uri ed25519)?pin-value=$WRONG_PIN" \
-    --pin-file "$KH_TMP/pin" <"$KH_TMP/pm.b64" >"$OUT" 2>"$ERR" && RC=0 || RC=$?
+KS_NOPIN=1 ks "$KH_TMP/pm.b64" --uri "$(uri ed25519)?pin-value=$WRONG_PIN" --pin-file "$KH_TMP/pin"
 ks_fails $E_LOGIN 'CKR_PIN_INCORRECT' "a wrong URI pin-value wins over a right --pin-file"
 
 say "PIN failures: exit $E_LOGIN"
-env -u KEYHOLD_PIN timeout 60 "$KEYHOLD_SIGN" --uri "$(uri ed25519)" <"$KH_TMP/pm.b64" >"$OUT" 2>"$ERR" && RC=0 || RC=$?
+KS_NOPIN=1 ks "$KH_TMP/pm.b64" --uri "$(uri ed25519)"
 ks_fails $E_LOGIN 'no PIN' "no PIN at all"
 KEYHOLD_PIN="$WRONG_PIN" ks "$KH_TMP/pm.b64" --uri "$(uri ed25519)"
 ks_fails $E_LOGIN 'CKR_PIN_INCORRECT' "wrong PIN (KEYHOLD_PIN)"
@@ -374,8 +377,7 @@ out = hex
 timeout_ms = 20000
 EOF
 pin_ok "--config (uri, pin_file)" -- --config "$KH_TMP/sign.conf"
-env -u KEYHOLD_PIN KEYHOLD_SIGN_CONFIG="$KH_TMP/sign.conf" timeout 60 "$KEYHOLD_SIGN" \
-    <"$KH_TMP/pm.b64" >"$OUT" 2>"$ERR" && RC=0 || RC=$?
+KS_NOPIN=1 KEYHOLD_SIGN_CONFIG="$KH_TMP/sign.conf" ks "$KH_TMP/pm.b64"
 ks_ok "KEYHOLD_SIGN_CONFIG"
 grep -Eqx '[0-9a-f]{128}' "$OUT" || fail "the configuration's out = hex was not used"
 fromhex <"$OUT" >"$KH_TMP/sig"
@@ -384,8 +386,7 @@ ok "KEYHOLD_SIGN_CONFIG: out = hex used, signature verifies"
 sed "s/object=k-ed25519/object=k-p256/" "$KH_TMP/sign.conf" >"$KH_TMP/p256.conf"
 pin_ok "--uri over the configuration's uri (k-p256 there: an Ed25519 check would fail)" -- \
     --config "$KH_TMP/p256.conf" --uri "$(uri ed25519)"
-env -u KEYHOLD_PIN KEYHOLD_SIGN_URI="$(uri secp256k1)" timeout 60 "$KEYHOLD_SIGN" --pin-file "$KH_TMP/pin" --out raw \
-    <"$KH_TMP/pm.b64" >"$OUT" 2>"$ERR" && RC=0 || RC=$?
+KS_NOPIN=1 KEYHOLD_SIGN_URI="$(uri secp256k1)" ks "$KH_TMP/pm.b64" --pin-file "$KH_TMP/pin" --out raw
 ks_ok "KEYHOLD_SIGN_URI"
 verify_ecdsa secp256k1 "$OUT" "$KH_TMP/pm" || fail "KEYHOLD_SIGN_URI: the secp256k1 signature does not verify"
 ok "KEYHOLD_SIGN_URI names the key"
@@ -474,7 +475,7 @@ KH_FAULTY_TARGET="$KEYHOLD_MODULE" KH_FAULTY_RV=C_Sign:0x6 \
     ks "$KH_TMP/pm.b64" --module "$KH_FAULTY_MODULE" --uri "$(uri ed25519)"
 ks_fails $E_FAIL 'CKR_FUNCTION_FAILED' "C_Sign answers CKR_FUNCTION_FAILED"
 RC=0
-timeout 60 "$KEYHOLD_SIGN" --uri "$(uri ed25519)" <"$KH_TMP/pm.b64" >/dev/full 2>"$ERR" || RC=$?
+timeout -k 5 120 "$KEYHOLD_SIGN" --uri "$(uri ed25519)" <"$KH_TMP/pm.b64" >/dev/full 2>"$ERR" || RC=$?
 [ "$RC" -eq $E_FAIL ] || fail "stdout on /dev/full: exit $RC, want $E_FAIL"
 grep -q 'cannot write the signature' "$ERR" || fail "stdout on /dev/full: $(cat "$ERR")"
 ok "stdout on /dev/full: exit $E_FAIL: $(cat "$ERR")"
