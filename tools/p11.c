@@ -819,6 +819,54 @@ check:
     return 0;
 }
 
+int kh_pin_from_uri(char **pin, const struct kh_p11_uri *u, char *err, size_t errlen)
+{
+    const char *src = u->pin_source, *path;
+
+    *pin = NULL;
+    if (u->pin_value && src) {
+        snprintf(err, errlen, "the URI has both pin-value and pin-source");
+        return -1;
+    }
+    if (u->pin_value) {
+        if (u->pin_value[0] == '\0') {
+            snprintf(err, errlen, "empty PIN in the URI's pin-value");
+            return -1;
+        }
+        *pin = strdup(u->pin_value);
+        if (!*pin) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    if (!src)
+        return 1;
+    if (src[0] == '|' || strcmp(src, "builtin-dialog") == 0) {
+        snprintf(err, errlen, "unsupported pin-source (only a file: URI or a path)");
+        return -1;
+    }
+    path = src;
+    if (strncmp(src, "file:", 5) == 0) {
+        path = src + 5;
+        if (strncmp(path, "//", 2) == 0) {
+            /* file://host/path: only an empty host or localhost is local. */
+            const char *slash = strchr(path + 2, '/');
+            size_t hlen = slash ? (size_t)(slash - path - 2) : strlen(path + 2);
+            if (!slash || (hlen != 0 && !(hlen == 9 && memcmp(path + 2, "localhost", 9) == 0))) {
+                snprintf(err, errlen, "pin-source file: URI names a remote host or no path");
+                return -1;
+            }
+            path = slash;
+        }
+    }
+    if (path[0] == '\0' || strcmp(path, "-") == 0) {
+        snprintf(err, errlen, "pin-source names no file");
+        return -1;
+    }
+    return kh_pin_get(pin, NULL, path, NULL, KH_PIN_NO_PROMPT, err, errlen);
+}
+
 /* ---- objects ----------------------------------------------------------- */
 
 CK_RV kh_p11_find(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl,
@@ -896,6 +944,47 @@ CK_RV kh_p11_get_ulong(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o
 
     if (rv == CKR_OK && a.ulValueLen != sizeof *v)
         rv = CKR_ATTRIBUTE_VALUE_INVALID;
+    return rv;
+}
+
+CK_RV kh_p11_sign(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_MECHANISM *mech,
+                  CK_OBJECT_HANDLE key, const uint8_t *data, size_t len,
+                  uint8_t **sig, size_t *sig_len)
+{
+    CK_ULONG n = 0;
+    uint8_t *buf = NULL;
+    CK_RV rv;
+
+    *sig = NULL;
+    *sig_len = 0;
+    rv = p->f->C_SignInit(s, mech, key);
+    if (rv != CKR_OK)
+        return rv;
+    /* Length query: the operation stays active on success. */
+    rv = p->f->C_Sign(s, (CK_BYTE_PTR)data, (CK_ULONG)len, NULL, &n);
+    /* A second CKR_BUFFER_TOO_SMALL means the module's length answer moved:
+     * one more try with the new length, then give up (ending the operation). */
+    for (int tries = 0; rv == CKR_OK && tries < 2; tries++) {
+        uint8_t *nb = realloc(buf, n ? n : 1);
+        if (!nb) {
+            rv = CKR_HOST_MEMORY;
+            break;
+        }
+        buf = nb;
+        rv = p->f->C_Sign(s, (CK_BYTE_PTR)data, (CK_ULONG)len, buf, &n);
+        if (rv == CKR_OK) {
+            *sig = buf;
+            *sig_len = n;
+            return CKR_OK;
+        }
+        if (rv == CKR_BUFFER_TOO_SMALL)
+            rv = CKR_OK;   /* n now holds the size the module wants */
+        else
+            break;
+    }
+    if (rv == CKR_OK)
+        rv = CKR_BUFFER_TOO_SMALL;
+    free(buf);
     return rv;
 }
 

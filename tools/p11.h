@@ -150,6 +150,20 @@ int kh_pin_get(char **pin, const char *env, const char *file, const char *prompt
 /* Wipes and frees a PIN from kh_pin_get; NULL is fine. */
 void kh_pin_free(char *pin);
 
+struct kh_p11_uri;
+
+/*
+ * Gets the PIN a parsed PKCS#11 URI carries (RFC 7512 query attributes): its
+ * pin-value, or the first line of the file its pin-source names, given as a
+ * file: URI ("file:/path", "file:///path", "file://localhost/path") or as a
+ * plain path. pin-source forms that run a program ("|/path") or prompt
+ * ("builtin-dialog"), "-" (stdin) and a URI with both attributes are refused.
+ *
+ * Returns: 0 and a malloc'd PIN in *pin (free with kh_pin_free); 1 when the
+ *          URI has neither attribute; -1 with a reason in err (never the PIN).
+ */
+int kh_pin_from_uri(char **pin, const struct kh_p11_uri *u, char *err, size_t errlen);
+
 /* ---- objects ----------------------------------------------------------- */
 
 /*
@@ -170,6 +184,19 @@ CK_RV kh_p11_find(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl,
  */
 CK_RV kh_p11_get_attr(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
                       CK_ATTRIBUTE_TYPE type, uint8_t **val, CK_ULONG *len);
+
+/*
+ * Signs data with one C_SignInit + C_Sign. The length query (NULL buffer) and
+ * a CKR_BUFFER_TOO_SMALL answer are handled here, once for every tool.
+ *
+ * Out: sig: the signature, malloc'd (free()); NULL on failure; sig_len.
+ * Returns: CKR_OK, or the module's error from C_SignInit or C_Sign. After
+ *          CKR_HOST_MEMORY, or a module that answers CKR_BUFFER_TOO_SMALL
+ *          twice, the operation may still be active: close the session.
+ */
+CK_RV kh_p11_sign(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_MECHANISM *mech,
+                  CK_OBJECT_HANDLE key, const uint8_t *data, size_t len,
+                  uint8_t **sig, size_t *sig_len);
 
 /* Reads a CK_ULONG-valued attribute (class, key type, backend, ...). */
 CK_RV kh_p11_get_ulong(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,

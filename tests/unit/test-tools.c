@@ -338,6 +338,159 @@ static void test_uri(void)
     kh_p11_uri_clear(&u);
 }
 
+/* Writes text into a fresh file; returns its path (static buffer). */
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[4400];
+    FILE *f;
+
+    snprintf(path, sizeof path, "%s/%s", kh_test_tmpdir(), name);
+    f = fopen(path, "w");
+    KH_CHECK(f != NULL);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+    return path;
+}
+
+/* pin_from <uri>: the PIN kh_pin_from_uri gets (malloc'd), or NULL with
+ * *r set to its return value. */
+static char *pin_from(const char *uri, int *r, char *err, size_t errlen)
+{
+    struct kh_p11_uri u;
+    char *pin = NULL;
+
+    *r = -2;
+    if (!kh_p11_uri_parse(&u, uri, err, errlen))
+        return NULL;
+    *r = kh_pin_from_uri(&pin, &u, err, errlen);
+    kh_p11_uri_clear(&u);
+    return pin;
+}
+
+static void test_pin_from_uri(void)
+{
+    char uri[4600], err[256], *pin;
+    const char *path = write_file("pin", "4321\nsecond line\n");
+    int r;
+
+    pin = pin_from("pkcs11:object=a?pin-value=12%334", &r, err, sizeof err);
+    KH_CHECK(r == 0 && pin && strcmp(pin, "1234") == 0);
+    kh_pin_free(pin);
+    pin = pin_from("pkcs11:object=a", &r, err, sizeof err);
+    KH_CHECK(r == 1 && pin == NULL);
+
+    static const char *const forms[] = { "file:", "file://", "file://localhost", "" };
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+        snprintf(uri, sizeof uri, "pkcs11:object=a?pin-source=%s%s", forms[i], path);
+        pin = pin_from(uri, &r, err, sizeof err);
+        if (r != 0 || !pin || strcmp(pin, "4321") != 0)
+            kh_test_fail(__FILE__, __LINE__, "pin-source form %zu: r=%d (%s)", i, r, r ? err : "");
+        kh_pin_free(pin);
+    }
+
+    static const struct { const char *uri; const char *why; } bad[] = {
+        { "pkcs11:object=a?pin-value=1&pin-source=/x", "both" },
+        { "pkcs11:object=a?pin-value=", "empty PIN" },
+        { "pkcs11:object=a?pin-source=%7C/bin/echo", "unsupported pin-source" },
+        { "pkcs11:object=a?pin-source=builtin-dialog", "unsupported pin-source" },
+        { "pkcs11:object=a?pin-source=file://host/etc/pin", "remote host" },
+        { "pkcs11:object=a?pin-source=file://host", "remote host or no path" },
+        { "pkcs11:object=a?pin-source=-", "names no file" },
+        { "pkcs11:object=a?pin-source=file:", "names no file" },
+        { "pkcs11:object=a?pin-source=/nonexistent/keyhold/pin", "cannot open PIN file" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        pin = pin_from(bad[i].uri, &r, err, sizeof err);
+        if (r != -1 || pin)
+            kh_test_fail(__FILE__, __LINE__, "bad %zu: r=%d", i, r);
+        else if (!strstr(err, bad[i].why))
+            kh_test_fail(__FILE__, __LINE__, "bad %zu: '%s' lacks '%s'", i, err, bad[i].why);
+        kh_pin_free(pin);
+    }
+    path = write_file("empty", "\n");
+    snprintf(uri, sizeof uri, "pkcs11:object=a?pin-source=%s", path);
+    pin = pin_from(uri, &r, err, sizeof err);
+    KH_CHECK(r == -1 && !pin && strstr(err, "empty PIN"));
+}
+
+/* A fake function list for kh_p11_sign: C_Sign reports fake_len on the
+ * length query, then asks for fake_grow more bytes fake_too_small times. */
+static CK_ULONG fake_len, fake_grow;
+static int fake_too_small, fake_sign_calls;
+static bool fake_active;
+
+static CK_RV fake_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+    if (fake_active)
+        return CKR_OPERATION_ACTIVE;
+    fake_active = true;
+    return m && m->mechanism == CKM_EDDSA && k == 7 ? CKR_OK : CKR_MECHANISM_INVALID;
+}
+
+static CK_RV fake_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR sig, CK_ULONG_PTR sl)
+{
+    fake_sign_calls++;
+    if (!fake_active)
+        return CKR_OPERATION_NOT_INITIALIZED;
+    if (!sig) {
+        *sl = fake_len;
+        return CKR_OK;
+    }
+    if (fake_too_small > 0) {
+        fake_too_small--;
+        fake_len += fake_grow;
+        *sl = fake_len;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    if (*sl < fake_len)
+        return CKR_BUFFER_TOO_SMALL;
+    for (CK_ULONG i = 0; i < fake_len; i++)
+        sig[i] = (CK_BYTE)(d[i % dl] ^ i);
+    *sl = fake_len;
+    fake_active = false;
+    return CKR_OK;
+}
+
+static void test_p11_sign(void)
+{
+    CK_FUNCTION_LIST fl;
+    struct kh_p11 p;
+    CK_MECHANISM m = { CKM_EDDSA, NULL, 0 };
+    uint8_t *sig;
+    size_t len;
+
+    memset(&fl, 0, sizeof fl);
+    memset(&p, 0, sizeof p);
+    fl.C_SignInit = fake_SignInit;
+    fl.C_Sign = fake_Sign;
+    p.f = &fl;
+
+    fake_len = 64, fake_grow = 0, fake_too_small = 0, fake_sign_calls = 0, fake_active = false;
+    KH_CHECK_RV(kh_p11_sign(&p, 1, &m, 7, (const uint8_t *)"abc", 3, &sig, &len), CKR_OK);
+    KH_CHECK(sig && len == 64 && sig[0] == 'a' && sig[4] == ('b' ^ 4));
+    KH_CHECK(fake_sign_calls == 2 && !fake_active);
+    free(sig);
+
+    /* The module moves its length once: retried with the new size. */
+    fake_len = 64, fake_grow = 8, fake_too_small = 1, fake_sign_calls = 0;
+    KH_CHECK_RV(kh_p11_sign(&p, 1, &m, 7, (const uint8_t *)"abc", 3, &sig, &len), CKR_OK);
+    KH_CHECK(sig && len == 72 && fake_sign_calls == 3);
+    free(sig);
+
+    /* Twice: given up with CKR_BUFFER_TOO_SMALL, nothing returned. */
+    fake_len = 64, fake_grow = 8, fake_too_small = 2, fake_sign_calls = 0, fake_active = false;
+    KH_CHECK_RV(kh_p11_sign(&p, 1, &m, 7, (const uint8_t *)"abc", 3, &sig, &len), CKR_BUFFER_TOO_SMALL);
+    KH_CHECK(sig == NULL && len == 0);
+
+    /* C_SignInit's error comes back; C_Sign is not called. */
+    fake_active = false, fake_sign_calls = 0;
+    m.mechanism = CKM_ECDSA;
+    KH_CHECK_RV(kh_p11_sign(&p, 1, &m, 7, (const uint8_t *)"abc", 3, &sig, &len), CKR_MECHANISM_INVALID);
+    KH_CHECK(sig == NULL && fake_sign_calls == 0);
+}
+
 static void test_rv_names(void)
 {
     KH_CHECK(strcmp(kh_rv_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT") == 0);
@@ -358,5 +511,7 @@ int main(int argc, char **argv)
     kh_test_register("/tools/encode/ssh-ed25519", test_ssh_ed25519_vector);
     kh_test_register("/tools/p11/uri", test_uri);
     kh_test_register("/tools/p11/rv-names", test_rv_names);
+    kh_test_register("/tools/p11/pin-from-uri", test_pin_from_uri);
+    kh_test_register("/tools/p11/sign", test_p11_sign);
     return kh_test_run(argc, argv);
 }
