@@ -16,8 +16,11 @@
 #ifndef KH_WIRE_H
 #define KH_WIRE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+struct ossl_lib_ctx_st;  /* OSSL_LIB_CTX */
 
 /* The largest frame body either side accepts (1 MiB). */
 #define KH_WIRE_FRAME_MAX (1024u * 1024u)
@@ -52,6 +55,7 @@ typedef struct kh_wire_tls {
     const char *cert_file;   /* server: required; client: optional client certificate */
     const char *key_file;    /* private key for cert_file */
     const char *server_name; /* client: name to verify (NULL: the URL's host) */
+    struct ossl_lib_ctx_st *libctx; /* OpenSSL library context for the SSL_CTX (NULL: default) */
 } kh_wire_tls;
 
 typedef struct kh_wire_conn kh_wire_conn;
@@ -98,6 +102,20 @@ int kh_wire_recv(kh_wire_conn *conn, char **json, size_t *len, size_t cap, uint6
 
 /* Returns: the connection's socket (for poll), or -1. */
 int kh_wire_conn_fd(const kh_wire_conn *conn);
+
+/*
+ * For a pool of idle client connections: true when conn shows no sign of
+ * being dead (no EOF, error or unsolicited data pending). Never blocks. A
+ * true answer is no promise: the peer may still be gone by the next send.
+ */
+bool kh_wire_conn_idle_ok(kh_wire_conn *conn);
+
+/*
+ * Returns: a description of the last failure in this thread (errno text,
+ * OpenSSL's reason, the certificate verification error), for logs; "" if
+ * none. Never holds frame contents.
+ */
+const char *kh_wire_detail(void);
 
 /* Closes the connection and frees it (NULL is fine). */
 void kh_wire_close(kh_wire_conn *conn);
