@@ -1,13 +1,14 @@
 /*
  * signd-methods.c - keyhold-signd's request handling: one frame in, one
- * reply out. Parses {"method", "params"}, picks the key, applies its policy
- * and rate, runs the method through the worker's PKCS#11 session and builds
- * {"result": {...}} or {"error": {"code", "message"}}.
+ * reply out. Parses {"method", "params", "id"}, picks the key, applies its
+ * policy and rate, runs the method through the worker's PKCS#11 session and
+ * builds {"result": {...}} or {"error": {"code", "message"}}, with the
+ * request's "id" copied (README: "The signer protocol").
  *
- * Every signature is checked before it leaves: secp256k1 signatures must
- * recover to the key's public key (libsecp256k1), so a wrong key or a
- * corrupted answer from the module becomes signer_error, never a bad
- * signature handed to a client.
+ * Methods: keys, public_key, sign (for keyhold's remote backend), and
+ * address, sign_message_defunct, sign_transaction, attestation, status (the
+ * enclave-signer protocol). Signatures are checked before they leave
+ * (signd-sign.c).
  */
 #include "signd.h"
 
@@ -16,8 +17,6 @@
 
 #include <json-c/json.h>
 #include <openssl/rand.h>
-#include <secp256k1.h>
-#include <secp256k1_recovery.h>
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,6 +27,23 @@
 #define KH_SIGND_NONCE_MAX 64
 
 /* ---- replies ----------------------------------------------------------- */
+
+const char *kh_signd_err_name(int code)
+{
+    switch (code) {
+    case KH_SIGND_E_PARSE_ERROR: return "parse_error";
+    case KH_SIGND_E_INVALID_REQUEST: return "invalid_request";
+    case KH_SIGND_E_METHOD_NOT_FOUND: return "method_not_found";
+    case KH_SIGND_E_INVALID_PARAMS: return "invalid_params";
+    case KH_SIGND_E_UNKNOWN_KEY: return "unknown_key";
+    case KH_SIGND_E_DENIED: return "denied";
+    case KH_SIGND_E_RATE_LIMITED: return "rate_limited";
+    case KH_SIGND_E_UNSUPPORTED: return "unsupported";
+    case KH_SIGND_E_UNAVAILABLE: return "unavailable";
+    case KH_SIGND_E_INTERNAL: return "internal";
+    default: return "error";
+    }
+}
 
 /* Returns: obj as compact JSON text (malloc'd), or NULL. Drops obj. */
 static char *kh_reply_take(struct json_object *obj)
@@ -44,36 +60,46 @@ static char *kh_reply_take(struct json_object *obj)
     return out;
 }
 
-char *kh_signd_error_reply(const char *code, const char *message)
+/* {"error": {...}} with the request's id (a new reference is taken). */
+static struct json_object *kh_error_obj(int code, const char *detail, struct json_object *id)
 {
     struct json_object *root = json_object_new_object(), *e = json_object_new_object();
+    char msg[640];
 
     if (!root || !e) {
         json_object_put(root);
         json_object_put(e);
         return NULL;
     }
-    json_object_object_add(e, "code", json_object_new_string(code));
-    json_object_object_add(e, "message", json_object_new_string(message));
+    snprintf(msg, sizeof msg, "%s: %s", kh_signd_err_name(code), detail);
+    json_object_object_add(e, "code", json_object_new_int(code));
+    json_object_object_add(e, "message", json_object_new_string(msg));
     json_object_object_add(root, "error", e);
-    return kh_reply_take(root);
+    if (id)
+        json_object_object_add(root, "id", json_object_get(id));
+    return root;
 }
 
-/* A request's outcome while it is handled. */
+char *kh_signd_error_reply(int code, const char *detail)
+{
+    return kh_reply_take(kh_error_obj(code, detail, NULL));
+}
+
+/* A request while it is handled. */
 struct kh_req {
     struct kh_signd_worker *w;
     struct kh_signd_logrec *log;
     struct json_object *params;
     struct json_object *result;    /* filled by a method on success */
-    const char *code;              /* error code, NULL on success */
+    int code;                      /* error code; 0 on success */
     char message[512];
 };
 
-static bool kh_req_fail(struct kh_req *r, const char *code, const char *fmt, ...)
+static bool kh_req_fail(struct kh_req *r, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Records an error. Returns: false, so methods can `return kh_req_fail(...)`. */
-static bool kh_req_fail(struct kh_req *r, const char *code, const char *fmt, ...)
+static bool kh_req_fail(struct kh_req *r, int code, const char *fmt, ...)
 {
     va_list ap;
 
@@ -92,17 +118,18 @@ static bool kh_req_set(struct kh_req *r, const char *name, struct json_object *v
     return true;
 }
 
-/* "0x" + hex of len bytes as a JSON string. */
-static struct json_object *kh_json_hex(const uint8_t *p, size_t len)
+/* Hex of len bytes as a JSON string, with a "0x" prefix when prefix. */
+static struct json_object *kh_json_hex(const uint8_t *p, size_t len, bool prefix)
 {
     struct json_object *o;
     char *s = malloc(2 * len + 3);
+    size_t off = prefix ? 2 : 0;
 
     if (!s)
         return NULL;
     s[0] = '0';
     s[1] = 'x';
-    kh_hex_encode(s + 2, 2 * len + 1, p, len);
+    kh_hex_encode(s + off, 2 * len + 1, p, len);
     o = json_object_new_string(s);
     free(s);
     return o;
@@ -127,33 +154,60 @@ static bool kh_param_string(struct kh_req *r, const char *name, const char **out
     return true;
 }
 
-/* A "0x"-hex member of params of exactly want bytes (want 0: 1..max bytes). */
-static bool kh_param_hex(struct kh_req *r, const char *name, uint8_t *out, size_t *len,
-                         size_t want, size_t max, bool required)
+/*
+ * A binary member of params: name as hex (either case, optional 0x) or
+ * name_b64 as base64, not both; between min and max bytes.
+ * Out: out: malloc'd (NULL when absent; free()); len.
+ */
+static bool kh_param_bin(struct kh_req *r, const char *name, uint8_t **out, size_t *len,
+                         size_t min, size_t max, bool required)
 {
-    const char *s;
-    uint8_t *b = NULL;
-    size_t blen = 0;
-    char why[128];
+    char b64name[64];
+    const char *hex, *b64;
+    size_t n;
 
+    *out = NULL;
     *len = 0;
-    if (!kh_param_string(r, name, &s, required))
+    snprintf(b64name, sizeof b64name, "%s_b64", name);
+    if (!kh_param_string(r, name, &hex, false) || !kh_param_string(r, b64name, &b64, false))
         return false;
-    if (!s)
+    if (hex && b64)
+        return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "give params.%s or params.%s, not both",
+                           name, b64name);
+    if (!hex && !b64) {
+        if (required)
+            return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.%s is required", name);
         return true;
-    if (!kh_eth_parse_hex_data(&b, &blen, want ? want : max, s, why, sizeof why))
-        return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.%s: %s", name, why);
-    if ((want && blen != want) || blen == 0) {
-        free(b);
-        if (want)
-            return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.%s must be 0x + %zu hex digits",
-                               name, 2 * want);
-        return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.%s is empty", name);
     }
-    memcpy(out, b, blen);
-    *len = blen;
-    free(b);
-    return true;
+    if (hex) {
+        if (hex[0] == '0' && (hex[1] == 'x' || hex[1] == 'X'))
+            hex += 2;
+        n = strlen(hex);
+        if (n % 2 || n / 2 > max)
+            goto bad_len;
+        *out = malloc(n / 2 + 1);
+        if (!*out)
+            return kh_req_fail(r, KH_SIGND_E_INTERNAL, "out of memory");
+        if (!kh_hex_decode(*out, len, n / 2, hex, n)) {
+            free(*out);
+            *out = NULL;
+            return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.%s is not hex", name);
+        }
+    } else {
+        *out = kh_base64_decode(b64, strlen(b64), len);
+        if (!*out)
+            return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.%s is not base64", b64name);
+    }
+    if (*len >= min && *len <= max)
+        return true;
+    free(*out);
+    *out = NULL;
+    *len = 0;
+bad_len:
+    if (min == max)
+        return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.%s must be %zu bytes", name, min);
+    return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.%s must be %zu to %zu bytes", name,
+                       min, max);
 }
 
 /* ---- keys -------------------------------------------------------------- */
@@ -199,111 +253,183 @@ static bool kh_req_allowed(struct kh_req *r, struct kh_signd_key *key, uint32_t 
 static bool kh_req_secp256k1(struct kh_req *r, const struct kh_signd_key *key)
 {
     if (!key->has_address)
-        return kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "key %s is not a secp256k1 key", key->label);
+        return kh_req_fail(r, KH_SIGND_E_UNSUPPORTED, "key %s is not a secp256k1 key", key->label);
     return true;
 }
 
-/* ---- signing ----------------------------------------------------------- */
-
-static secp256k1_context *kh_secp_ctx;
-static pthread_once_t kh_secp_once = PTHREAD_ONCE_INIT;
-
-static void kh_secp_init(void)
+/* Signs through signd-sign.c; records the error on failure. */
+static bool kh_req_sign(struct kh_req *r, const struct kh_signd_key *key,
+                        const struct kh_signd_sign_in *in, uint8_t *sig, size_t *siglen)
 {
-    uint8_t seed[32];
+    char why[256];
+    int code = kh_signd_sign(r->w, key, in, sig, siglen, why, sizeof why);
 
-    kh_secp_ctx = secp256k1_context_create(SECP256K1_CONTEXT_NONE);
-    /* Randomisation only blinds signing, which never happens here; a
-     * failure leaves a working context. */
-    if (kh_secp_ctx && RAND_bytes(seed, sizeof seed) == 1 &&
-        !secp256k1_context_randomize(kh_secp_ctx, seed))
-        kh_signd_log("secp256k1_context_randomize failed");
+    if (code != 0)
+        return kh_req_fail(r, code, "%s", why);
+    return true;
 }
 
-/* Returns: true when r||s with recovery id recid over hash recovers to
- * point (65 bytes, uncompressed). */
-static bool kh_recovers_to(const uint8_t rs[64], int recid, const uint8_t hash[32],
-                           const uint8_t *point, size_t point_len)
+/* Signs a 32-byte hash with a secp256k1 key: r || s || recovery id. */
+static bool kh_req_sign_recoverable(struct kh_req *r, const struct kh_signd_key *key,
+                                    const uint8_t hash[32], uint8_t sig[KH_SIGND_SIG_MAX])
 {
-    secp256k1_ecdsa_recoverable_signature sig;
-    secp256k1_pubkey pk;
-    uint8_t out[65];
-    size_t outlen = sizeof out;
+    struct kh_signd_sign_in in = { .alg = KH_SIGND_ALG_ECDSA_RECOVERABLE, .input = hash,
+                                   .input_len = 32 };
+    size_t len;
 
-    if (point_len != 65 ||
-        !secp256k1_ecdsa_recoverable_signature_parse_compact(kh_secp_ctx, &sig, rs, recid) ||
-        !secp256k1_ecdsa_recover(kh_secp_ctx, &pk, &sig, hash) ||
-        !secp256k1_ec_pubkey_serialize(kh_secp_ctx, out, &outlen, &pk, SECP256K1_EC_UNCOMPRESSED))
+    return kh_req_sign(r, key, &in, sig, &len);
+}
+
+/* ---- methods the module calls ------------------------------------------ */
+
+static const char *kh_key_type(const struct kh_signd_key *key)
+{
+    return key->desc.kind == KH_KEY_UNKNOWN ? "unknown" : kh_keykind_name(key->desc.kind);
+}
+
+static bool kh_m_keys(struct kh_req *r)
+{
+    struct kh_signd *srv = r->w->srv;
+    struct json_object *arr = json_object_new_array();
+
+    if (!kh_req_set(r, "keys", arr))
         return false;
-    return outlen == 65 && memcmp(out, point, 65) == 0;
-}
+    for (size_t i = 0; i < srv->nkeys; i++) {
+        const struct kh_signd_key *k = &srv->keys[i];
+        struct json_object *e;
 
-/* Runs C_SignInit + C_Sign into out (capacity *len). Ends an operation
- * left active by a failure. */
-static CK_RV kh_p11_sign_once(struct kh_signd_worker *w, CK_MECHANISM *mech, CK_OBJECT_HANDLE key,
-                              const uint8_t *in, size_t inlen, uint8_t *out, CK_ULONG *len)
-{
-    CK_FUNCTION_LIST *f = w->srv->p11.f;
-    CK_RV rv = f->C_SignInit(w->session, mech, key);
-
-    if (rv != CKR_OK)
-        return rv;
-    rv = f->C_Sign(w->session, (CK_BYTE_PTR)in, (CK_ULONG)inlen, out, len);
-    if (rv == CKR_BUFFER_TOO_SMALL)
-        (void)f->C_SignInit(w->session, NULL, key);   /* PKCS#11 3.0: terminates the operation */
-    return rv;
-}
-
-/*
- * Signs a 32-byte hash with a secp256k1 key: r || s || recovery id, low-S.
- * Uses CKM_KH_ECDSA_RECOVERABLE where the module has it, else CKM_ECDSA and
- * finds the recovery id here. Either way the result must recover to the
- * key's public key.
- */
-static bool kh_sign_recoverable(struct kh_req *r, const struct kh_signd_key *key,
-                                const uint8_t hash[32], uint8_t sig[65])
-{
-    CK_MECHANISM mech = { key->recoverable_mech ? CKM_KH_ECDSA_RECOVERABLE : CKM_ECDSA, NULL, 0 };
-    uint8_t buf[128];
-    CK_ULONG len = sizeof buf;
-    CK_RV rv;
-    secp256k1_ecdsa_signature es;
-    int recid = -1;
-
-    pthread_once(&kh_secp_once, kh_secp_init);
-    if (!kh_secp_ctx)
-        return kh_req_fail(r, KH_SIGND_E_INTERNAL, "out of memory");
-    rv = kh_p11_sign_once(r->w, &mech, key->priv, hash, 32, buf, &len);
-    if (rv != CKR_OK)
-        return kh_req_fail(r, KH_SIGND_E_SIGNER, "the token refused to sign: %s", kh_rv_name(rv));
-    if (len != (key->recoverable_mech ? 65u : 64u))
-        return kh_req_fail(r, KH_SIGND_E_SIGNER, "the token returned a %lu-byte signature",
-                           (unsigned long)len);
-    /* Low-S (the module's recoverable mechanism already is; a foreign
-     * module's CKM_ECDSA may not be): s -> n - s flips the recovery id. */
-    if (!secp256k1_ecdsa_signature_parse_compact(kh_secp_ctx, &es, buf))
-        return kh_req_fail(r, KH_SIGND_E_SIGNER, "the token returned an invalid signature");
-    if (secp256k1_ecdsa_signature_normalize(kh_secp_ctx, &es, &es) && key->recoverable_mech)
-        return kh_req_fail(r, KH_SIGND_E_SIGNER, "the token returned a high-S signature");
-    secp256k1_ecdsa_signature_serialize_compact(kh_secp_ctx, sig, &es);
-    if (key->recoverable_mech) {
-        if (buf[64] <= 1 && kh_recovers_to(sig, buf[64], hash, key->pub.point, key->pub.point_len))
-            recid = buf[64];
-    } else {
-        for (int i = 0; i < 2 && recid < 0; i++)
-            if (kh_recovers_to(sig, i, hash, key->pub.point, key->pub.point_len))
-                recid = i;
+        if (!(k->policy->methods & (KH_SIGND_M_PUBLIC_KEY | KH_SIGND_M_SIGN)))
+            continue;
+        e = json_object_new_object();
+        if (!e)
+            return kh_req_fail(r, KH_SIGND_E_INTERNAL, "out of memory");
+        json_object_object_add(e, "key", json_object_new_string(k->label));
+        json_object_object_add(e, "type", json_object_new_string(kh_key_type(k)));
+        json_object_array_add(arr, e);
     }
-    if (recid < 0) {
-        memset(sig, 0, 65);
-        return kh_req_fail(r, KH_SIGND_E_SIGNER,
-                           "the token's signature does not recover to key %s", key->label);
-    }
-    sig[64] = (uint8_t)recid;
     return true;
 }
 
-/* ---- methods ----------------------------------------------------------- */
+static bool kh_m_public_key(struct kh_req *r)
+{
+    struct kh_signd_key *key;
+
+    if (!kh_req_key(r, &key) || !kh_req_allowed(r, key, KH_SIGND_M_PUBLIC_KEY, "public_key"))
+        return false;
+    if (!kh_req_set(r, "key", json_object_new_string(key->label)) ||
+        !kh_req_set(r, "type", json_object_new_string(kh_key_type(key))))
+        return false;
+    if (key->desc.kind == KH_KEY_RSA)
+        return kh_req_set(r, "n", kh_json_hex(key->pub.n, key->pub.n_len, false)) &&
+               kh_req_set(r, "e", kh_json_hex(key->pub.e, key->pub.e_len, false));
+    return kh_req_set(r, "public_key", kh_json_hex(key->pub.point, key->pub.point_len, false));
+}
+
+/* rsa_pss parameters by name. */
+static bool kh_pss_hash(const char *name, CK_MECHANISM_TYPE *hash, CK_RSA_PKCS_MGF_TYPE *mgf)
+{
+    static const struct {
+        const char *name;
+        CK_MECHANISM_TYPE hash;
+        CK_RSA_PKCS_MGF_TYPE mgf;
+    } t[] = {
+        { "sha1", CKM_SHA_1, CKG_MGF1_SHA1 },
+        { "sha224", CKM_SHA224, CKG_MGF1_SHA224 },
+        { "sha256", CKM_SHA256, CKG_MGF1_SHA256 },
+        { "sha384", CKM_SHA384, CKG_MGF1_SHA384 },
+        { "sha512", CKM_SHA512, CKG_MGF1_SHA512 },
+    };
+
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (strcmp(name, t[i].name) == 0) {
+            if (hash)
+                *hash = t[i].hash;
+            if (mgf)
+                *mgf = t[i].mgf;
+            return true;
+        }
+    return false;
+}
+
+static bool kh_m_sign(struct kh_req *r)
+{
+    struct kh_signd_key *key;
+    struct kh_signd_sign_in in;
+    const char *alg_name, *hash, *mgf_hash;
+    uint8_t *input = NULL, *aux = NULL, sig[KH_SIGND_SIG_MAX];
+    size_t input_len = 0, aux_len = 0, siglen = 0;
+    bool ok = false;
+
+    memset(&in, 0, sizeof in);
+    if (!kh_req_key(r, &key) || !kh_req_allowed(r, key, KH_SIGND_M_SIGN, "sign") ||
+        !kh_param_string(r, "algorithm", &alg_name, true))
+        return false;
+    if (!kh_signd_alg_parse(&in.alg, alg_name))
+        return kh_req_fail(r, KH_SIGND_E_UNSUPPORTED, "unknown algorithm '%.32s'", alg_name);
+    if (!(key->policy->algorithms & (1u << in.alg)))
+        return kh_req_fail(r, KH_SIGND_E_DENIED, "algorithm %s is not allowed for key %s",
+                           kh_signd_alg_name(in.alg), key->label);
+
+    switch (in.alg) {
+    case KH_SIGND_ALG_ECDSA:
+        if (key->desc.kind == KH_KEY_SECP256K1)
+            ok = kh_param_bin(r, "digest", &input, &input_len, 32, 32, true);
+        else
+            ok = kh_param_bin(r, "digest", &input, &input_len, 1, 64, true);
+        break;
+    case KH_SIGND_ALG_ECDSA_RECOVERABLE:
+        ok = kh_param_bin(r, "digest", &input, &input_len, 32, 32, true);
+        break;
+    case KH_SIGND_ALG_BIP340:
+        ok = kh_param_bin(r, "message", &input, &input_len, 32, 32, true) &&
+             kh_param_bin(r, "aux", &aux, &aux_len, 32, 32, false);
+        in.aux = aux;
+        break;
+    case KH_SIGND_ALG_EDDSA:
+        ok = kh_param_bin(r, "message", &input, &input_len, 0, KH_WIRE_FRAME_MAX, true);
+        break;
+    case KH_SIGND_ALG_RSA_PKCS1:
+        ok = kh_param_bin(r, "data", &input, &input_len, 1, 512, true);
+        break;
+    case KH_SIGND_ALG_RSA_PSS: {
+        struct json_object *sl;
+        int64_t salt;
+        ok = kh_param_bin(r, "digest", &input, &input_len, 1, 64, true) &&
+             kh_param_string(r, "hash", &hash, true) && kh_param_string(r, "mgf_hash", &mgf_hash, true);
+        if (!ok)
+            break;
+        ok = false;
+        if (!kh_pss_hash(hash, &in.pss_hash, NULL) || !kh_pss_hash(mgf_hash, NULL, &in.pss_mgf)) {
+            kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS,
+                        "params.hash and params.mgf_hash: sha1, sha224, sha256, sha384 or sha512");
+            break;
+        }
+        if (!json_object_object_get_ex(r->params, "salt_len", &sl) ||
+            !json_object_is_type(sl, json_type_int) || (salt = json_object_get_int64(sl)) < 0 ||
+            salt > 1024) {
+            kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.salt_len must be an integer 0..1024");
+            break;
+        }
+        in.pss_salt_len = (CK_ULONG)salt;
+        ok = true;
+        break;
+    }
+    default:
+        break;
+    }
+    if (!ok)
+        goto out;
+    in.input = input;
+    in.input_len = input_len;
+    ok = kh_req_sign(r, key, &in, sig, &siglen) &&
+         kh_req_set(r, "signature", kh_json_hex(sig, siglen, false));
+out:
+    free(input);
+    free(aux);
+    return ok;
+}
+
+/* ---- the enclave-signer methods ---------------------------------------- */
 
 static bool kh_m_address(struct kh_req *r)
 {
@@ -318,19 +444,22 @@ static bool kh_m_address(struct kh_req *r)
 static bool kh_m_sign_message_defunct(struct kh_req *r)
 {
     struct kh_signd_key *key;
-    uint8_t msg[32], h[32], sig[65];
+    uint8_t *msg = NULL, h[32], sig[KH_SIGND_SIG_MAX];
     size_t len;
+    bool ok;
 
     if (!kh_req_key(r, &key) ||
         !kh_req_allowed(r, key, KH_SIGND_M_SIGN_MESSAGE_DEFUNCT, "sign_message_defunct") ||
         !kh_req_secp256k1(r, key) ||
-        !kh_param_hex(r, "message_hash", msg, &len, 32, 32, true))
+        !kh_param_bin(r, "message_hash", &msg, &len, 32, 32, true))
         return false;
     kh_eth_hash_defunct32(h, msg);
-    if (!kh_sign_recoverable(r, key, h, sig))
+    free(msg);
+    ok = kh_req_sign_recoverable(r, key, h, sig);
+    if (!ok)
         return false;
     sig[64] = (uint8_t)(27 + sig[64]);
-    return kh_req_set(r, "signature", kh_json_hex(sig, 65));
+    return kh_req_set(r, "signature", kh_json_hex(sig, 65, true));
 }
 
 static bool kh_m_sign_transaction(struct kh_req *r)
@@ -338,7 +467,7 @@ static bool kh_m_sign_transaction(struct kh_req *r)
     struct kh_signd_key *key;
     struct json_object *txj;
     struct kh_eth_tx tx;
-    uint8_t h[32], sig[65], txhash[32], *raw = NULL;
+    uint8_t h[32], sig[KH_SIGND_SIG_MAX], txhash[32], *raw = NULL;
     size_t rawlen = 0;
     char why[256];
     bool ok = false;
@@ -370,7 +499,7 @@ static bool kh_m_sign_transaction(struct kh_req *r)
         kh_req_fail(r, KH_SIGND_E_INVALID_PARAMS, "params.tx is too large to encode");
         goto out;
     }
-    if (!kh_sign_recoverable(r, key, h, sig))
+    if (!kh_req_sign_recoverable(r, key, h, sig))
         goto out;
     raw = kh_eth_tx_encode_signed(&tx, sig, &rawlen);
     if (!raw) {
@@ -378,8 +507,8 @@ static bool kh_m_sign_transaction(struct kh_req *r)
         goto out;
     }
     kh_keccak256(txhash, raw, rawlen);
-    ok = kh_req_set(r, "raw_tx", kh_json_hex(raw, rawlen)) &&
-         kh_req_set(r, "tx_hash", kh_json_hex(txhash, 32));
+    ok = kh_req_set(r, "raw_tx", kh_json_hex(raw, rawlen, true)) &&
+         kh_req_set(r, "tx_hash", kh_json_hex(txhash, 32, true));
 out:
     free(raw);
     kh_eth_tx_clear(&tx);
@@ -390,34 +519,36 @@ static bool kh_m_attestation(struct kh_req *r)
 {
     struct kh_signd *srv = r->w->srv;
     struct kh_signd_key *key;
-    uint8_t nonce[KH_SIGND_NONCE_MAX];
+    uint8_t *nonce = NULL, fresh[32];
     size_t nonce_len;
     char *doc = NULL, *b64, why[256];
+    bool ok;
 
     if (!kh_req_key(r, &key) || !kh_req_allowed(r, key, KH_SIGND_M_ATTESTATION, "attestation") ||
-        !kh_param_hex(r, "nonce", nonce, &nonce_len, 0, KH_SIGND_NONCE_MAX, false))
+        !kh_param_bin(r, "nonce", &nonce, &nonce_len, 1, KH_SIGND_NONCE_MAX, false))
         return false;
-    if (!srv->attest)
+    if (!srv->attest) {
+        free(nonce);
         return kh_req_fail(r, KH_SIGND_E_UNAVAILABLE,
-                           "attestation unavailable: keyhold-signd runs without a TPM "
-                           "(see --tpm / \"attestation\" in the configuration)");
-    if (nonce_len == 0) {
-        nonce_len = 32;
-        if (RAND_bytes(nonce, (int)nonce_len) != 1)
+                           "no TPM: keyhold-signd runs without attestation "
+                           "(--tpm or \"attestation\" in its configuration)");
+    }
+    if (!nonce) {
+        if (RAND_bytes(fresh, sizeof fresh) != 1)
             return kh_req_fail(r, KH_SIGND_E_INTERNAL, "no randomness for a nonce");
     }
-    if (!kh_signd_attest_quote(srv->attest, key, nonce, nonce_len, &doc, why, sizeof why))
+    ok = kh_signd_attest_quote(srv->attest, key, nonce ? nonce : fresh,
+                               nonce ? nonce_len : sizeof fresh, &doc, why, sizeof why);
+    free(nonce);
+    if (!ok)
         return kh_req_fail(r, KH_SIGND_E_UNAVAILABLE, "attestation failed: %s", why);
     b64 = kh_base64_encode((const uint8_t *)doc, strlen(doc));
     free(doc);
     if (!b64)
         return kh_req_fail(r, KH_SIGND_E_INTERNAL, "out of memory");
-    if (!kh_req_set(r, "document_b64", json_object_new_string(b64))) {
-        free(b64);
-        return false;
-    }
+    ok = kh_req_set(r, "document_b64", json_object_new_string(b64));
     free(b64);
-    return true;
+    return ok;
 }
 
 /* The mode status reports: where the default key lives. */
@@ -454,6 +585,9 @@ static const struct {
     const char *name;
     bool (*fn)(struct kh_req *r);
 } kh_signd_methods[] = {
+    { "keys", kh_m_keys },
+    { "public_key", kh_m_public_key },
+    { "sign", kh_m_sign },
     { "address", kh_m_address },
     { "sign_message_defunct", kh_m_sign_message_defunct },
     { "sign_transaction", kh_m_sign_transaction },
@@ -465,7 +599,7 @@ char *kh_signd_handle(struct kh_signd_worker *w, const char *json, size_t len,
                       struct kh_signd_logrec *log)
 {
     struct json_tokener *tok = NULL;
-    struct json_object *root = NULL, *m, *reply = NULL;
+    struct json_object *root = NULL, *m, *id = NULL, *reply = NULL;
     struct kh_req r;
     const char *method;
     size_t i;
@@ -484,19 +618,21 @@ char *kh_signd_handle(struct kh_signd_worker *w, const char *json, size_t len,
         goto out;
     }
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-    if (len > (size_t)INT32_MAX) {
-        kh_req_fail(&r, KH_SIGND_E_BAD_REQUEST, "frame too large");
+    if (len > KH_WIRE_FRAME_MAX) {
+        kh_req_fail(&r, KH_SIGND_E_PARSE_ERROR, "frame too large");
         goto out;
     }
     root = json_tokener_parse_ex(tok, json, (int)len);
-    if (!root || json_tokener_get_parse_end(tok) != len) {
-        kh_req_fail(&r, KH_SIGND_E_BAD_REQUEST, "the frame is not one JSON object (%s)",
-                    root ? "trailing data" : json_tokener_error_desc(json_tokener_get_error(tok)));
+    if (!root || json_tokener_get_parse_end(tok) != len ||
+        !json_object_is_type(root, json_type_object)) {
+        kh_req_fail(&r, KH_SIGND_E_PARSE_ERROR, "the frame is not one JSON object (%s)",
+                    !root ? json_tokener_error_desc(json_tokener_get_error(tok)) :
+                    json_tokener_get_parse_end(tok) != len ? "trailing data" : "not an object");
         goto out;
     }
-    if (!json_object_is_type(root, json_type_object) ||
-        !json_object_object_get_ex(root, "method", &m) || !json_object_is_type(m, json_type_string)) {
-        kh_req_fail(&r, KH_SIGND_E_BAD_REQUEST, "a request is {\"method\": M, \"params\": {...}}");
+    json_object_object_get_ex(root, "id", &id);
+    if (!json_object_object_get_ex(root, "method", &m) || !json_object_is_type(m, json_type_string)) {
+        kh_req_fail(&r, KH_SIGND_E_INVALID_REQUEST, "a request is {\"method\": M, \"params\": {...}}");
         goto out;
     }
     method = json_object_get_string(m);
@@ -505,7 +641,7 @@ char *kh_signd_handle(struct kh_signd_worker *w, const char *json, size_t len,
             break;
     if (i == sizeof kh_signd_methods / sizeof kh_signd_methods[0]) {
         log->method = "(unknown)";
-        kh_req_fail(&r, KH_SIGND_E_UNKNOWN_METHOD, "unknown method");
+        kh_req_fail(&r, KH_SIGND_E_METHOD_NOT_FOUND, "unknown method");
         goto out;
     }
     log->method = kh_signd_methods[i].name;
@@ -534,16 +670,18 @@ out:
         if (reply) {
             json_object_object_add(reply, "result", r.result);
             r.result = NULL;
+            if (id)
+                json_object_object_add(reply, "id", json_object_get(id));
         }
+    } else {
+        if (!r.code)
+            kh_req_fail(&r, KH_SIGND_E_INTERNAL, "out of memory");
+        log->outcome = kh_signd_err_name(r.code);
+        reply = kh_error_obj(r.code, r.message, id);
     }
     json_object_put(r.result);
     json_object_put(root);
     if (tok)
         json_tokener_free(tok);
-    if (reply)
-        return kh_reply_take(reply);
-    if (!r.code)
-        kh_req_fail(&r, KH_SIGND_E_INTERNAL, "out of memory");
-    log->outcome = r.code;
-    return kh_signd_error_reply(r.code, r.message);
+    return kh_reply_take(reply);
 }

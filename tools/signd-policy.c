@@ -52,6 +52,30 @@ uint32_t kh_signd_method_bit(const char *name)
     return 0;
 }
 
+static const char *const kh_signd_alg_names[KH_SIGND_ALG_COUNT] = {
+    [KH_SIGND_ALG_ECDSA] = "ecdsa",
+    [KH_SIGND_ALG_ECDSA_RECOVERABLE] = "ecdsa_recoverable",
+    [KH_SIGND_ALG_BIP340] = "bip340",
+    [KH_SIGND_ALG_EDDSA] = "eddsa",
+    [KH_SIGND_ALG_RSA_PKCS1] = "rsa_pkcs1",
+    [KH_SIGND_ALG_RSA_PSS] = "rsa_pss",
+};
+
+bool kh_signd_alg_parse(enum kh_signd_alg *alg, const char *name)
+{
+    for (int i = 0; i < KH_SIGND_ALG_COUNT; i++)
+        if (strcmp(name, kh_signd_alg_names[i]) == 0) {
+            *alg = (enum kh_signd_alg)i;
+            return true;
+        }
+    return false;
+}
+
+const char *kh_signd_alg_name(enum kh_signd_alg alg)
+{
+    return (unsigned)alg < KH_SIGND_ALG_COUNT ? kh_signd_alg_names[alg] : "unknown";
+}
+
 /* ---- token bucket ------------------------------------------------------ */
 
 void kh_bucket_init(struct kh_bucket *b, double rate, double burst, uint64_t now_ms)
@@ -123,6 +147,7 @@ void kh_signd_policy_open(struct kh_signd_key_policy *p)
 {
     memset(p, 0, sizeof *p);
     p->methods = KH_SIGND_M_ALL;
+    p->algorithms = KH_SIGND_ALG_ALL;
     p->allow_empty_data = true;
 }
 
@@ -235,6 +260,26 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
                     return false;
                 }
                 p->methods |= bit;
+            }
+        } else if (strcmp(name, "algorithms") == 0) {
+            size_t n;
+            if (!json_object_is_type(v, json_type_array)) {
+                kh_pol_err(err, errlen, "%s must be an array", where);
+                return false;
+            }
+            n = json_object_array_length(v);
+            p->algorithms = 0;
+            for (size_t i = 0; i < n; i++) {
+                struct json_object *a = json_object_array_get_idx(v, i);
+                enum kh_signd_alg alg;
+                if (!json_object_is_type(a, json_type_string) ||
+                    !kh_signd_alg_parse(&alg, json_object_get_string(a))) {
+                    kh_pol_err(err, errlen,
+                               "%s: unknown algorithm %.64s (ecdsa, ecdsa_recoverable, bip340, "
+                               "eddsa, rsa_pkcs1, rsa_pss)", where, json_object_to_json_string(a));
+                    return false;
+                }
+                p->algorithms |= 1u << alg;
             }
         } else if (strcmp(name, "chain_ids") == 0) {
             if (!kh_cfg_array(&arr, &p->nchain_ids, v, sizeof *p->chain_ids, where, err, errlen))

@@ -31,6 +31,25 @@ enum kh_signd_method_bit {
 /* Returns: the bit of a per-key method name, or 0 for another name. */
 uint32_t kh_signd_method_bit(const char *name);
 
+/* The "sign" method's algorithms (README: "The signer protocol"). */
+enum kh_signd_alg {
+    KH_SIGND_ALG_ECDSA,
+    KH_SIGND_ALG_ECDSA_RECOVERABLE,
+    KH_SIGND_ALG_BIP340,
+    KH_SIGND_ALG_EDDSA,
+    KH_SIGND_ALG_RSA_PKCS1,
+    KH_SIGND_ALG_RSA_PSS,
+    KH_SIGND_ALG_COUNT,
+};
+
+#define KH_SIGND_ALG_ALL ((1u << KH_SIGND_ALG_COUNT) - 1)
+
+/* Returns: true and the algorithm of a name ("ecdsa", ...); false for another name. */
+bool kh_signd_alg_parse(enum kh_signd_alg *alg, const char *name);
+
+/* Returns: the protocol name of an algorithm. */
+const char *kh_signd_alg_name(enum kh_signd_alg alg);
+
 /* A token bucket: up to burst requests at once, refilled at rate per second.
  * rate 0 means unlimited. Thread-safe. */
 struct kh_bucket {
@@ -54,6 +73,7 @@ bool kh_bucket_take(struct kh_bucket *b, uint64_t now_ms);
 struct kh_signd_key_policy {
     char *label;
     uint32_t methods;              /* KH_SIGND_M_* */
+    uint32_t algorithms;           /* 1 << KH_SIGND_ALG_*, for "sign" */
     kh_u256 *chain_ids;
     size_t nchain_ids;
     bool has_chain_ids;

@@ -1,6 +1,6 @@
 /*
  * signd-server.c - keyhold-signd's server loop: accept connections up to the
- * cap (the rest get a "busy" error and are closed), one thread per
+ * cap (the rest get an "unavailable" error and are closed), one thread per
  * connection with its own PKCS#11 session, frames read under the io
  * deadline and connections closed after the idle timeout, one log line per
  * request, and on SIGTERM/SIGINT a drain: no new connections, every request
@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* How long a refused connection gets to take its "busy" reply. */
+/* How long a refused connection gets to take its error reply. */
 #define KH_SIGND_BUSY_SEND_MS 1000
 
 void kh_signd_log(const char *fmt, ...)
@@ -84,7 +84,7 @@ static void *kh_conn_thread(void *arg)
     rv = srv->p11.f->C_OpenSession(srv->tok.slot, CKF_SERIAL_SESSION, NULL, NULL, &w.session);
     if (rv != CKR_OK) {
         kh_signd_log("conn=%llu C_OpenSession failed: %s", id, kh_rv_name(rv));
-        kh_send_reply(srv, a.conn, kh_signd_error_reply(KH_SIGND_E_SIGNER,
+        kh_send_reply(srv, a.conn, kh_signd_error_reply(KH_SIGND_E_UNAVAILABLE,
                                                         "the token has no session for this connection"),
                       srv->cfg.io_timeout_ms);
         goto out;
@@ -148,12 +148,12 @@ out:
     return NULL;
 }
 
-/* Refuses a connection over the cap with a "busy" error. */
+/* Refuses a connection (over the cap) with an "unavailable" error. */
 static void kh_refuse(struct kh_signd *srv, kh_wire_conn *conn, const char *why)
 {
-    int rc = kh_send_reply(srv, conn, kh_signd_error_reply(KH_SIGND_E_BUSY, why),
+    int rc = kh_send_reply(srv, conn, kh_signd_error_reply(KH_SIGND_E_UNAVAILABLE, why),
                            KH_SIGND_BUSY_SEND_MS);
-    kh_signd_log("conn=- method=- key=- outcome=busy (%s)%s", why,
+    kh_signd_log("conn=- method=- key=- outcome=unavailable (%s)%s", why,
                  rc == KH_WIRE_OK ? "" : ", reply not delivered");
     kh_wire_close(conn);
 }

@@ -88,17 +88,23 @@ struct kh_signd_logrec {
     const char *outcome;           /* "ok" or an error code */
 };
 
-/* Error codes of the protocol (README: "keyhold-signd"). */
-#define KH_SIGND_E_BAD_REQUEST "bad_request"
-#define KH_SIGND_E_UNKNOWN_METHOD "unknown_method"
-#define KH_SIGND_E_INVALID_PARAMS "invalid_params"
-#define KH_SIGND_E_UNKNOWN_KEY "unknown_key"
-#define KH_SIGND_E_DENIED "denied"
-#define KH_SIGND_E_RATE_LIMITED "rate_limited"
-#define KH_SIGND_E_UNAVAILABLE "unavailable"
-#define KH_SIGND_E_BUSY "busy"
-#define KH_SIGND_E_SIGNER "signer_error"
-#define KH_SIGND_E_INTERNAL "internal"
+/* Error codes of the protocol (README: "The signer protocol", Errors). A
+ * message starts with the code's name: "denied: ...". */
+enum kh_signd_errcode {
+    KH_SIGND_E_PARSE_ERROR = -32700,
+    KH_SIGND_E_INVALID_REQUEST = -32600,
+    KH_SIGND_E_METHOD_NOT_FOUND = -32601,
+    KH_SIGND_E_INVALID_PARAMS = -32602,
+    KH_SIGND_E_UNKNOWN_KEY = 1,
+    KH_SIGND_E_DENIED = 2,
+    KH_SIGND_E_RATE_LIMITED = 3,
+    KH_SIGND_E_UNSUPPORTED = 4,
+    KH_SIGND_E_UNAVAILABLE = 5,
+    KH_SIGND_E_INTERNAL = 6,
+};
+
+/* Returns: the name of an error code ("denied"), "error" for others. */
+const char *kh_signd_err_name(int code);
 
 /*
  * Handles one request frame (signd-methods.c).
@@ -109,8 +115,41 @@ struct kh_signd_logrec {
 char *kh_signd_handle(struct kh_signd_worker *w, const char *json, size_t len,
                       struct kh_signd_logrec *log);
 
-/* Returns: a malloc'd {"error": {"code", "message"}} reply, or NULL. */
-char *kh_signd_error_reply(const char *code, const char *message);
+/* Returns: a malloc'd {"error": {"code", "message": "<name>: <detail>"}}
+ * reply, or NULL. */
+char *kh_signd_error_reply(int code, const char *detail);
+
+/* ---- signing (signd-sign.c) -------------------------------------------- */
+
+/* What to sign and how: the protocol's "sign" algorithms. */
+struct kh_signd_sign_in {
+    enum kh_signd_alg alg;
+    const uint8_t *input;          /* digest, message or data, as alg says */
+    size_t input_len;
+    const uint8_t *aux;            /* bip340: 32 bytes or NULL */
+    CK_MECHANISM_TYPE pss_hash;    /* rsa_pss: CKM_SHA256, ... */
+    CK_RSA_PKCS_MGF_TYPE pss_mgf;  /* rsa_pss: CKG_MGF1_SHA256, ... */
+    CK_ULONG pss_salt_len;
+};
+
+/* Largest signature kh_signd_sign writes (RSA-4096 is 512 bytes). */
+#define KH_SIGND_SIG_MAX 1024
+
+/*
+ * Signs with the worker's session and checks the signature against the
+ * key's public key before returning it (a signature that does not verify is
+ * an internal error, never an answer). secp256k1 ECDSA comes out low-S;
+ * ecdsa_recoverable gives r || s || recovery id (0/1).
+ *
+ * Out: sig (KH_SIGND_SIG_MAX bytes), siglen; why: the reason on failure.
+ * Returns: 0, or a kh_signd_errcode.
+ */
+int kh_signd_sign(struct kh_signd_worker *w, const struct kh_signd_key *key,
+                  const struct kh_signd_sign_in *in, uint8_t *sig, size_t *siglen,
+                  char *why, size_t whylen);
+
+/* Returns: the kh_signd_errcode a Cryptoki error becomes. */
+int kh_signd_err_from_rv(CK_RV rv);
 
 /* Writes one log line to stderr: "keyhold-signd: <fmt>" (one write). */
 void kh_signd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

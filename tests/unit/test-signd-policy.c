@@ -32,7 +32,7 @@ static const char full_config[] =
     "      \"max_value\": \"1000000000000000000\",\n"
     "      \"rate_per_second\": 2.5\n"
     "    },\n"
-    "    \"cold\": {}\n"
+    "    \"cold\": {\"algorithms\": [\"ecdsa\", \"bip340\"]}\n"
     "  }\n"
     "}\n";
 
@@ -67,6 +67,8 @@ static void test_config_full(void)
     KH_CHECK(p->rate == 2.5 && p->burst == 3);
     p = kh_signd_config_key(&c, "cold");
     KH_CHECK(p != NULL && p->methods == KH_SIGND_M_ALL && !p->has_to && p->rate == 0);
+    KH_CHECK(p->algorithms == ((1u << KH_SIGND_ALG_ECDSA) | (1u << KH_SIGND_ALG_BIP340)));
+    KH_CHECK(kh_signd_config_key(&c, "hot")->algorithms == KH_SIGND_ALG_ALL);
     KH_CHECK(kh_signd_config_key(&c, "none") == NULL);
     kh_signd_config_clear(&c);
 
@@ -88,6 +90,8 @@ static void test_config_refusals(void)
         "{\"keys\": {\"a\": {\"methods\": [\"status\"]}}}",
         "{\"keys\": {\"a\": {\"methods\": \"address\"}}}",
         "{\"keys\": {\"a\": {\"chain_ids\": [-1]}}}",
+        "{\"keys\": {\"a\": {\"algorithms\": [\"ecdsa_sha256\"]}}}",
+        "{\"keys\": {\"a\": {\"algorithms\": \"ecdsa\"}}}",
         "{\"keys\": {\"a\": {\"to\": [\"0x12\"]}}}",
         "{\"keys\": {\"a\": {\"to\": [\"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD\"]}}}",
         "{\"keys\": {\"a\": {\"selectors\": [\"0xa9059c\"]}}}",
@@ -238,6 +242,11 @@ static void test_bucket(void)
 
 static void test_method_bits(void)
 {
+    enum kh_signd_alg alg;
+
+    KH_CHECK(kh_signd_alg_parse(&alg, "rsa_pss") && alg == KH_SIGND_ALG_RSA_PSS);
+    KH_CHECK(strcmp(kh_signd_alg_name(KH_SIGND_ALG_ECDSA_RECOVERABLE), "ecdsa_recoverable") == 0);
+    KH_CHECK(!kh_signd_alg_parse(&alg, "ECDSA"));
     KH_CHECK(kh_signd_method_bit("address") == KH_SIGND_M_ADDRESS);
     KH_CHECK(kh_signd_method_bit("sign") == KH_SIGND_M_SIGN);
     KH_CHECK(kh_signd_method_bit("status") == 0);
