@@ -400,6 +400,33 @@ static void kh_listen_desc(struct kh_signd *srv, kh_wire_listener *l)
     }
 }
 
+/*
+ * Parses the --listen URL. wire.c refuses port 0 (no client can connect to
+ * it); a server may bind it and let the kernel choose a free port, which
+ * --ready-file and the start-up line then tell.
+ */
+static int kh_parse_listen_url(kh_wire_url *url, char *err, size_t errlen, const char *s)
+{
+    size_t n = strlen(s);
+    char *tmp;
+    int rc;
+
+    if ((strncmp(s, "tcp://", 6) != 0 && strncmp(s, "tls://", 6) != 0) || n < 8 ||
+        strcmp(s + n - 2, ":0") != 0)
+        return kh_wire_url_parse(url, err, errlen, s);
+    tmp = strdup(s);
+    if (!tmp) {
+        snprintf(err, errlen, "out of memory");
+        return KH_WIRE_ENOMEM;
+    }
+    tmp[n - 1] = '1';
+    rc = kh_wire_url_parse(url, err, errlen, tmp);
+    free(tmp);
+    if (rc == KH_WIRE_OK)
+        url->port = 0;
+    return rc;
+}
+
 static bool kh_write_ready(const char *path, const char *text)
 {
     char tmp[4200];
@@ -450,7 +477,7 @@ int main(int argc, char **argv)
         srv.cfg.io_timeout_ms = (unsigned)o.io_ms;
     srv.handshake_timeout_ms = o.handshake_ms > 0 ? (unsigned)o.handshake_ms : KH_SIGND_DEF_HANDSHAKE_MS;
 
-    if (kh_wire_url_parse(&srv.url, err, sizeof err, o.listen) != KH_WIRE_OK) {
+    if (kh_parse_listen_url(&srv.url, err, sizeof err, o.listen) != KH_WIRE_OK) {
         fprintf(stderr, "keyhold-signd: --listen %s: %s\n", o.listen, err);
         ret = KH_EXIT_USAGE;
         goto out;
