@@ -581,6 +581,14 @@ static bool kh_m_status(struct kh_req *r)
 
 /* ---- dispatch ---------------------------------------------------------- */
 
+/* Why json-c did not return an object ("continue" means the text ended early). */
+static const char *kh_json_why(struct json_tokener *tok)
+{
+    enum json_tokener_error e = json_tokener_get_error(tok);
+
+    return e == json_tokener_continue ? "incomplete JSON" : json_tokener_error_desc(e);
+}
+
 static const struct {
     const char *name;
     bool (*fn)(struct kh_req *r);
@@ -626,7 +634,7 @@ char *kh_signd_handle(struct kh_signd_worker *w, const char *json, size_t len,
     if (!root || json_tokener_get_parse_end(tok) != len ||
         !json_object_is_type(root, json_type_object)) {
         kh_req_fail(&r, KH_SIGND_E_PARSE_ERROR, "the frame is not one JSON object (%s)",
-                    !root ? json_tokener_error_desc(json_tokener_get_error(tok)) :
+                    !root ? kh_json_why(tok) :
                     json_tokener_get_parse_end(tok) != len ? "trailing data" : "not an object");
         goto out;
     }

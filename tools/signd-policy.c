@@ -387,7 +387,9 @@ bool kh_signd_config_parse(struct kh_signd_config *c, const char *json, size_t l
     root = json_tokener_parse_ex(tok, json, (int)len);
     if (!root || json_tokener_get_parse_end(tok) != len) {
         kh_pol_err(err, errlen, "not valid JSON (%s at byte %zu)",
-                   root ? "trailing data" : json_tokener_error_desc(json_tokener_get_error(tok)),
+                   root ? "trailing data" :
+                   json_tokener_get_error(tok) == json_tokener_continue ? "incomplete JSON" :
+                   json_tokener_error_desc(json_tokener_get_error(tok)),
                    json_tokener_get_parse_end(tok));
         goto out;
     }

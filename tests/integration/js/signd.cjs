@@ -120,6 +120,20 @@ function wrap(sock) {
     };
 }
 
+// Connects and waits briefly for an unasked refusal (the connection cap):
+// connections of an earlier client may still be winding down on the
+// server, so a refusal is retried for a while.
+async function connectServed(url) {
+    for (let tries = 0; ; tries++) {
+        const c = await connect(url);
+        const r = await c.next(200).catch(() => undefined);
+        if (r === undefined) return c;
+        c.end();
+        if (tries > 100) fail(`connection refused: ${JSON.stringify(r)}`);
+        await new Promise((res) => setTimeout(res, 100));
+    }
+}
+
 function result(r, what) {
     if (!r || !r.result) fail(`${what}: expected a result, got ${JSON.stringify(r)}`);
     return r.result;
@@ -320,17 +334,7 @@ async function cmdRate(url, key, n, burst, rate) {
 async function cmdConncap(url, cap) {
     const conns = [];
     for (let i = 0; i < cap; i++) {
-        // A connection of an earlier client may still be winding down on
-        // the server: a refusal here is retried for a while.
-        let c, r;
-        for (let tries = 0; ; tries++) {
-            c = await connect(url);
-            r = await c.next(200).catch(() => undefined);   // a refusal arrives unasked
-            if (r === undefined) break;
-            c.end();
-            if (tries > 100) fail(`connection ${i + 1} refused: ${JSON.stringify(r)}`);
-            await new Promise((res) => setTimeout(res, 100));
-        }
+        const c = await connectServed(url);
         result(await c.call('status'), `connection ${i + 1}`);
         conns.push(c);
     }
@@ -364,7 +368,7 @@ async function cmdGarbage(url) {
         return Buffer.concat([h, b]);
     };
     const frame = (s) => frameBytes(Buffer.from(s, 'utf8'));
-    let c = await connect(url);
+    let c = await connectServed(url);
     const cases = [
         ['not JSON', frame('{"method": '), -32700],
         ['not an object', frame('[1, 2]'), -32700],
@@ -387,14 +391,14 @@ async function cmdGarbage(url) {
     if ((await c.next()) !== null) fail('the server answered a frame over the cap instead of closing');
     say('length prefix 0xffffffff: connection closed');
     // Exactly one byte over the cap.
-    c = await connect(url);
+    c = await connectServed(url);
     const over = Buffer.alloc(4);
     over.writeUInt32BE(1024 * 1024 + 1);
     c.sendRaw(over);
     if ((await c.next()) !== null) fail('the server answered a 1 MiB + 1 frame');
     say('length prefix 1 MiB + 1: connection closed');
     // A frame of exactly 1 MiB is read (and refused as a request, since it is not JSON).
-    c = await connect(url);
+    c = await connectServed(url);
     const big = Buffer.alloc(4 + 1024 * 1024, 0x20);
     big.writeUInt32BE(1024 * 1024);
     c.sendRaw(big);
@@ -402,16 +406,16 @@ async function cmdGarbage(url) {
     say('a frame of exactly 1 MiB is read and answered');
     c.end();
     // An HTTP request (its first bytes read as a huge length): closed.
-    c = await connect(url);
+    c = await connectServed(url);
     c.sendRaw(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
     if ((await c.next()) !== null) fail('the server answered an HTTP request');
     say('HTTP request: connection closed');
     // Half a frame, then the client goes away.
-    c = await connect(url);
+    c = await connectServed(url);
     c.sendRaw(Buffer.concat([Buffer.from([0, 0, 1, 0]), Buffer.from('{"method"')]));
     c.end();
     // The server keeps serving new connections.
-    c = await connect(url);
+    c = await connectServed(url);
     result(await c.call('status'), 'status on a new connection after garbage');
     say('a new connection is served after all of that');
     c.end();
