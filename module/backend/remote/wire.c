@@ -881,6 +881,14 @@ void kh_wire_close(kh_wire_conn *conn)
     free(conn);
 }
 
+void kh_wire_abandon(kh_wire_conn *conn)
+{
+    if (!conn)
+        return;
+    conn->broken = true;
+    kh_wire_close(conn);
+}
+
 /* ---- listening ---- */
 
 /*

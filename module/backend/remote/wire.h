@@ -121,6 +121,13 @@ const char *kh_wire_detail(void);
 void kh_wire_close(kh_wire_conn *conn);
 
 /*
+ * Frees conn and closes its descriptor without sending anything (no TLS
+ * close_notify): for a forked child dropping connections its parent still
+ * uses.
+ */
+void kh_wire_abandon(kh_wire_conn *conn);
+
+/*
  * Binds and listens on url (unix: an existing socket file is replaced only
  * if nothing listens on it; the file is created mode 0600). tls: for
  * KH_WIRE_TLS, cert_file and key_file are required; ca_file, when set, makes
