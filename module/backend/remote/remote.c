@@ -118,7 +118,8 @@ bool kh_remote_config_set(kh_remote_config *rc, const char *key, const char *val
             }
         }
     } else {
-        *why = "unknown remote_* key";
+        /* like every unknown key: ignored, so an older module reads a newer file */
+        kh_log(KH_LOG_WARN, "configuration: unknown key %s ignored", key);
     }
     return *why == NULL;
 }

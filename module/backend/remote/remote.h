@@ -31,8 +31,9 @@ typedef struct kh_remote_config {
 
 void kh_remote_config_defaults(kh_remote_config *rc);
 /*
- * Apply one remote_* key of the configuration file.
- * Returns: true, or false with *why set (unknown key, bad value).
+ * Apply one remote_* key of the configuration file (an unknown one is
+ * logged and ignored).
+ * Returns: true, or false with *why set (a bad value).
  */
 bool kh_remote_config_set(kh_remote_config *rc, const char *key, const char *val,
                           const char **why);
