@@ -12,7 +12,9 @@
 #  - `keyhold list` shows the remote keys with their backend; the usual
 #    refusals of `keyhold remote add` (unknown key, signer down, usage);
 #  - the TCP signer stops: signing fails fast with no signature written;
-#    it comes back on the same port and signing resumes.
+#    it comes back on the same port and signing resumes;
+#  - last, tests/perf/remote-bench prints signatures/s through the chain
+#    (unix, TCP) beside direct vault signing (KH_BENCH_SECONDS per cell).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/signd-lib.sh"
@@ -113,6 +115,15 @@ run p11 "${P[@]}" --sign --id "${ID_OF[secp256k1]}" -m ECDSA-SHA256 --signature-
     -i "$KH_TMP/msg" -o "$KH_TMP/back.sig"
 run openssl dgst -sha256 -verify "$KH_TMP/signer-secp256k1.pem" -signature "$KH_TMP/back.sig" "$KH_TMP/msg"
 ok "signed again after the restart; openssl verifies"
+
+say "throughput: the chain over unix and TCP beside direct vault signing (printed, not asserted)"
+for t in p256 secp256k1 ed25519; do
+    run kh remote add --token client --url "$UNIX_URL" --key "k-$t" --label "u-$t"
+    run kh remote add --token client --url "tcp://127.0.0.1:$port" --key "k-$t" --label "t-$t"
+done
+: "${KH_REMOTE_BENCH:?KH_REMOTE_BENCH must name the built remote-bench}"
+run "$KH_REMOTE_BENCH" "$SIGNER_STORE" "$CLIENT_STORE" "$UNIX_URL" "tcp://127.0.0.1:$port"
+ok "measured"
 
 signd_stop unix
 signd_stop tcp

@@ -26,6 +26,7 @@
  *             child sign at once
  *   tcp, tls  the same over TCP and TLS (CA made at run time by openssl; the
  *             wrong CA is refused)
+ *   throughput  printed only: vault vs remote signatures/s on one token
  *   plugin    a dlopen'ed driver (tests/plugin/test-driver.c) registers and
  *             signs; its wrong-key answer is refused; a plugin with another
  *             ABI version is refused
@@ -723,6 +724,93 @@ static void phase_pool(CK_SESSION_HANDLE s)
     start_signer(NULL, NULL);
 }
 
+/* Signatures (or verifications) per second for 0.5 s. */
+static double rate_of(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, CK_MECHANISM_TYPE mech,
+                      const uint8_t *vsig, CK_ULONG vsig_len)
+{
+    uint8_t d[32] = { 4 }, sig[128];
+    CK_MECHANISM m = { mech, NULL, 0 };
+    double t0 = p11l_now_us(), now;
+    unsigned long n = 0;
+    do {
+        CK_ULONG sl = sizeof sig;
+        CK_RV rv = vsig ? fl->C_VerifyInit(s, &m, key) : fl->C_SignInit(s, &m, key);
+        if (rv == CKR_OK)
+            rv = vsig ? fl->C_Verify(s, d, 32, (CK_BYTE_PTR)vsig, vsig_len) : fl->C_Sign(s, d, 32, sig, &sl);
+        if (rv != CKR_OK)
+            return 0;
+        n++;
+        now = p11l_now_us();
+    } while (now - t0 < 500000);
+    return n / ((now - t0) / 1e6);
+}
+
+/* The protocol's sign straight to the fake signer (no module) for 0.5 s. */
+static double raw_rate(const char *key, const char *alg)
+{
+    kh_wire_url u;
+    kh_wire_conn *c;
+    if (kh_wire_url_parse(&u, NULL, 0, sock_url) != KH_WIRE_OK ||
+        kh_wire_connect(&c, &u, NULL, kh_wire_now_ms() + 2000) != KH_WIRE_OK)
+        return 0;
+    char req[400];
+    int len = snprintf(req, sizeof req, "{\"method\":\"sign\",\"params\":{\"key\":\"%s\",\"algorithm\":"
+                       "\"%s\",\"%s\":\"0400000000000000000000000000000000000000000000000000000000000000\"}}",
+                       key, alg, strcmp(alg, "eddsa") ? "digest" : "message");
+    double t0 = p11l_now_us(), now;
+    unsigned long n = 0;
+    do {
+        char *b = NULL;
+        size_t bl;
+        if (kh_wire_send(c, req, (size_t)len, kh_wire_now_ms() + 2000) != KH_WIRE_OK ||
+            kh_wire_recv(c, &b, &bl, KH_WIRE_FRAME_MAX, kh_wire_now_ms() + 2000) != KH_WIRE_OK) {
+            kh_wire_close(c);
+            return 0;
+        }
+        free(b);
+        n++;
+        now = p11l_now_us();
+    } while (now - t0 < 500000);
+    kh_wire_close(c);
+    return n / ((now - t0) / 1e6);
+}
+
+/*
+ * Printed, never asserted: what the client module costs per remote
+ * signature against a fast server (fake-signer answers from a software key),
+ * beside a vault key of the same type in the same token.
+ */
+static void phase_throughput(CK_SESSION_HANDLE s)
+{
+    printf("-- throughput (0.5 s per cell, 1 thread; printed, not asserted)\n");
+    static const struct { const char *id; p11l_alg alg; CK_MECHANISM_TYPE mech; const char *palg; } t[] = {
+        { "p256", P11L_P256, CKM_ECDSA, "ecdsa" },
+        { "k1", P11L_SECP256K1, CKM_ECDSA, "ecdsa" },
+        { "ed25519", P11L_ED25519, CKM_EDDSA, "eddsa" },
+    };
+    CK_OBJECT_HANDLE remote[3] = { k_p256, k_k1, k_ed };
+    printf("   %-8s %12s %12s %12s %12s %10s\n", "key", "vault sign", "verify", "fake raw",
+           "remote unix", "rem/vault");
+    for (size_t i = 0; i < 3; i++) {
+        CK_OBJECT_HANDLE pub, priv;
+        char label[32];
+        snprintf(label, sizeof label, "vault-%s", t[i].id);
+        if (p11l_gen_keypair(fl, &pub, &priv, s, t[i].alg, label, (const uint8_t *)label, strlen(label)) != CKR_OK)
+            continue;
+        uint8_t d[32] = { 4 }, sig[128];
+        CK_ULONG sl = sizeof sig;
+        CK_MECHANISM m = { t[i].mech, NULL, 0 };
+        fl->C_SignInit(s, &m, priv);
+        fl->C_Sign(s, d, 32, sig, &sl);
+        double vs = rate_of(s, priv, t[i].mech, NULL, 0);
+        double vv = rate_of(s, pub, t[i].mech, sig, sl);
+        double raw = raw_rate(t[i].id, t[i].palg);
+        double rs = rate_of(s, remote[i], t[i].mech, NULL, 0);
+        printf("   %-8s %12.0f %12.0f %12.0f %12.0f %10.2f\n", t[i].id, vs, vv, raw, rs,
+               vs > 0 ? rs / vs : 0);
+    }
+}
+
 static unsigned free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -894,6 +982,7 @@ int main(void)
     phase_faults(s);
     phase_restart(s);
     phase_pool(s);
+    phase_throughput(s);
     fl->C_CloseSession(s);
     phase_tcp_tls();
     phase_plugin();
