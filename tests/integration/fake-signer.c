@@ -22,6 +22,7 @@
  *   badid       answer with another id
  *   noresult    answer {} (neither result nor error)
  *   der         ECDSA: answer signature_der (valid)
+ *   dertrail, dernonmin  ECDSA: signature_der with a trailing byte / a non-minimal INTEGER
  *   highs       secp256k1 ECDSA: answer the high-S twin (valid); recoverable: v flipped too
  *   v27         recoverable: v + 27
  *   b64         answer signature_b64
@@ -420,9 +421,19 @@ static enum action handle(json_object *req, json_object **reply, const uint8_t *
     if (!strcmp(fault, "short"))
         siglen--;
     json_object *res = json_object_new_object();
-    if (!strcmp(fault, "der") && op == KH_OP_ECDSA) {
-        uint8_t der[2 * 70 + 4];
+    if (!strncmp(fault, "der", 3) && op == KH_OP_ECDSA) {
+        uint8_t der[2 * 70 + 8];
         size_t n = to_der(der, sig, siglen / 2);
+        if (!strcmp(fault, "dertrail")) {
+            der[n++] = 0;                       /* a byte after the SEQUENCE */
+        } else if (!strcmp(fault, "dernonmin")) {
+            /* r with a needless leading zero: 30 L 02 l r... -> 30 L+1 02 l+1 00 r... */
+            memmove(der + 5, der + 4, n - 4);
+            der[4] = 0;
+            der[3]++;
+            der[1]++;
+            n++;
+        }
         json_object_object_add(res, "signature_der", hexs(der, n));
     } else if (!strcmp(fault, "b64")) {
         json_object_object_add(res, "signature_b64", b64s(sig, siglen));

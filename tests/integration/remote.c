@@ -375,6 +375,11 @@ static void phase_register(CK_SESSION_HANDLE s)
     CK_RV rv = reg(&x, s, ref_for(sock_url, "k1"), "bad", &v, 1);
     CHECK(rv == CKR_TEMPLATE_INCONSISTENT, "CKA_VALUE with a reference: %s", p11l_rv_str(rv));
     CHECK(count_private(s) == before, "nothing stored by the refused registrations");
+    /* registering needs the user logged in, and so does signing */
+    fl->C_Logout(s);
+    rv = reg(&x, s, ref_for(sock_url, "p256"), "no-login", NULL, 0);
+    CHECK(rv == CKR_USER_NOT_LOGGED_IN, "register without login: %s", p11l_rv_str(rv));
+    p11l_login(fl, s, USER_PIN);
 }
 
 static void phase_sign(CK_SESSION_HANDLE s)
@@ -539,6 +544,8 @@ static void phase_faults(CK_SESSION_HANDLE s)
         { "k1+corrupt", CKR_DEVICE_ERROR, false },
         { "ed25519+wrongkey", CKR_DEVICE_ERROR, false },
         { "rsa+wrongkey", CKR_DEVICE_ERROR, false },
+        { "p256+dertrail", CKR_DEVICE_ERROR, false },
+        { "p256+dernonmin", CKR_DEVICE_ERROR, false },
     };
     uint8_t d[32] = { 7 }, sig[512];
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
@@ -901,6 +908,43 @@ static void phase_tcp_tls(void)
     stop_pid(tls_pid, SIGTERM);
 }
 
+/* Configuration values are checked at C_Initialize. */
+static void phase_config(void)
+{
+    printf("-- configuration\n");
+    static const struct { const char *conf; CK_RV want; } c[] = {
+        { "remote_timeout_ms = 0\n", CKR_GENERAL_ERROR },
+        { "remote_timeout_ms = 5s\n", CKR_GENERAL_ERROR },
+        { "remote_pool_size = 65\n", CKR_GENERAL_ERROR },
+        { "remote_plugin_signer = /x.so\n", CKR_GENERAL_ERROR },
+        { "remote_plugin_Bad = /x.so\n", CKR_GENERAL_ERROR },
+        { "remote_plugin_rel = x.so\n", CKR_GENERAL_ERROR },
+        { "remote_something_new = 1\nremote_pool_size = 0\n", CKR_OK },
+    };
+    fl->C_Finalize(NULL);
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        write_conf(c[i].conf);
+        CK_C_INITIALIZE_ARGS args = { .flags = CKF_OS_LOCKING_OK };
+        CK_RV rv = fl->C_Initialize(&args);
+        char shown[80];
+        snprintf(shown, sizeof shown, "%s", c[i].conf);
+        for (char *p = shown; *p; p++)
+            if (*p == '\n')
+                *p = ' ';
+        CHECK(rv == c[i].want, "C_Initialize with '%s': %s", shown, p11l_rv_str(rv));
+        if (rv == CKR_OK) {
+            /* pool size 0: every signature on a new connection, still fine */
+            CK_SESSION_HANDLE s = open_session(slot);
+            bool ok = good_sign(s, NULL) && good_sign(s, NULL);
+            CHECK(ok, "signing with remote_pool_size = 0");
+            fl->C_Finalize(NULL);
+        }
+    }
+    write_conf(NULL);
+    CK_C_INITIALIZE_ARGS args = { .flags = CKF_OS_LOCKING_OK };
+    fl->C_Initialize(&args);
+}
+
 static void phase_plugin(void)
 {
     printf("-- plugin\n");
@@ -984,6 +1028,7 @@ int main(void)
     phase_pool(s);
     phase_throughput(s);
     fl->C_CloseSession(s);
+    phase_config();
     phase_tcp_tls();
     phase_plugin();
     fl->C_Finalize(NULL);
