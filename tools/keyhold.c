@@ -997,8 +997,7 @@ out:
 /* ---- remote add -------------------------------------------------------- */
 
 /* The token to register on: --token, or the only initialised one. */
-static int kh_remote_token(struct kh_ctx *c, const char *module, const char *token, char *name,
-                           size_t namelen)
+static int kh_remote_token(const char *module, const char *token, char *name, size_t namelen)
 {
     if (token) {
         snprintf(name, namelen, "%s", token);
@@ -1008,7 +1007,6 @@ static int kh_remote_token(struct kh_ctx *c, const char *module, const char *tok
     struct kh_p11_token *toks = NULL;
     size_t n = 0, found = 0;
     char err[4200];
-    (void)c;
     CK_RV rv = kh_p11_open(&p, module, err, sizeof err);
     if (rv != CKR_OK) {
         kh_err("%s", err);
@@ -1090,7 +1088,7 @@ static int kh_cmd_remote_add(const struct kh_opts *o)
     else
         snprintf(ref, ref_len + 1, "%s:%s", driver, o->key);
 
-    ret = kh_remote_token(&c, o->module, o->token, token, sizeof token);
+    ret = kh_remote_token(o->module, o->token, token, sizeof token);
     if (ret != KH_EXIT_OK)
         goto out;
     ret = kh_ctx_open(&c, o->module, token, true);

@@ -24,7 +24,8 @@ SIGNER_STORE="$KH_TMP/signer-store"
 CLIENT_STORE="$KH_TMP/store"      # lib.sh's KEYHOLD_STORE: what p11/kh use by default
 ks() { KEYHOLD_STORE="$SIGNER_STORE" kh "$@"; }
 
-printf 'remote_timeout_ms = 3000\n' >"$KH_TMP/client.conf"
+: "${KH_TEST_DRIVER:?KH_TEST_DRIVER must name the example plugin}"
+printf 'remote_timeout_ms = 3000\nremote_plugin_testdrv = %s\n' "$KH_TEST_DRIVER" >"$KH_TMP/client.conf"
 export KEYHOLD_CONF="$KH_TMP/client.conf"
 
 say "the signer's store: a token with vault keys"
@@ -62,6 +63,10 @@ n="$(jq '[.[] | select(.backend == "remote")] | length' "$KH_TMP/list.json")"
 [ "$n" = 4 ] || { cat "$KH_TMP/list.json"; fail "keyhold list --json shows $n remote keys, want 4"; }
 ok "keyhold list shows the four private keys with backend remote"
 
+head -c 1000 /dev/urandom >"$KH_TMP/msg"
+cp "$KH_TMP/msg" "$KH_TMP/msg.bad"
+printf 'x' >>"$KH_TMP/msg.bad"
+
 say "registration refusals"
 must_fail kh remote add --token client --url "$UNIX_URL" --key no-such-key
 grep -q "CKR_ATTRIBUTE_VALUE_INVALID" "$KH_TMP/must_fail.out" || fail "unknown key: no CKR_ATTRIBUTE_VALUE_INVALID"
@@ -74,11 +79,17 @@ kh remote add --token client --key k-p256 >/dev/null 2>&1 || rc=$?
     fail "a refused registration left an object behind"
 ok "unknown key, unreachable signer and usage errors refused; nothing stored"
 
+say "remote add without --token (one token) and through a plugin driver (--driver)"
+run kh remote add --url "$UNIX_URL" --key k-p256 --label only-token
+run kh remote add --token client --driver testdrv --key p256:alice --label plug --id b1
+run p11 --token-label client --login --pin "$KEYHOLD_PIN" --sign --id b1 -m ECDSA-SHA256 \
+    --signature-format openssl -i "$KH_TMP/msg.bad" -o "$KH_TMP/plug.sig"
+kh pubkey --token client --label plug --format pem >"$KH_TMP/plug.pem"
+run openssl dgst -sha256 -verify "$KH_TMP/plug.pem" -signature "$KH_TMP/plug.sig" "$KH_TMP/msg.bad"
+ok "registered on the only token; the plugin's key signs through pkcs11-tool, openssl verifies"
+
 say "pkcs11-tool signs through the chain; openssl verifies with the signer's keys"
 P=(--token-label client --login --pin "$KEYHOLD_PIN")
-head -c 1000 /dev/urandom >"$KH_TMP/msg"
-cp "$KH_TMP/msg" "$KH_TMP/msg.bad"
-printf 'x' >>"$KH_TMP/msg.bad"
 for t in p256 secp256k1; do
     run p11 "${P[@]}" --sign --id "${ID_OF[$t]}" -m ECDSA-SHA256 --signature-format openssl \
         -i "$KH_TMP/msg" -o "$KH_TMP/$t.sig"
