@@ -457,6 +457,7 @@ int main(int argc, char **argv)
 
     memset(&srv, 0, sizeof srv);
     srv.stop_pipe[0] = srv.stop_pipe[1] = -1;
+    srv.reap_pipe[0] = srv.reap_pipe[1] = -1;
     pthread_mutex_init(&srv.lock, NULL);
     pthread_cond_init(&srv.idle, NULL);
     atomic_init(&srv.stopping, false);
@@ -511,7 +512,8 @@ int main(int argc, char **argv)
         }
     }
 
-    if (pipe2(srv.stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+    if (pipe2(srv.stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0 ||
+        pipe2(srv.reap_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         fprintf(stderr, "keyhold-signd: pipe: %s\n", strerror(errno));
         goto out;
     }
@@ -555,9 +557,11 @@ out:
         srv.p11.f->C_CloseSession(srv.login_session);
     kh_p11_close(&srv.p11);
     kh_signd_config_clear(&srv.cfg);
-    if (srv.stop_pipe[0] >= 0) {
-        close(srv.stop_pipe[0]);
-        close(srv.stop_pipe[1]);
+    for (int i = 0; i < 2; i++) {
+        if (srv.stop_pipe[i] >= 0)
+            close(srv.stop_pipe[i]);
+        if (srv.reap_pipe[i] >= 0)
+            close(srv.reap_pipe[i]);
     }
     pthread_cond_destroy(&srv.idle);
     pthread_mutex_destroy(&srv.lock);

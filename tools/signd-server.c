@@ -64,12 +64,55 @@ static int kh_send_reply(struct kh_signd *srv, kh_wire_conn *conn, char *reply, 
     return rc;
 }
 
+/* The end of a connection thread: it leaves its id to be joined. */
 static void kh_conn_done(struct kh_signd *srv)
 {
+    char b = 1;
+
     pthread_mutex_lock(&srv->lock);
+    /* done has room for every thread started (kh_signd_serve grows it first). */
+    srv->done[srv->ndone++] = pthread_self();
     srv->active--;
     pthread_cond_broadcast(&srv->idle);
     pthread_mutex_unlock(&srv->lock);
+    ssize_t w = write(srv->reap_pipe[1], &b, 1);   /* wakes the accepting thread; a full pipe is fine */
+    (void)w;
+}
+
+/* Joins every finished connection thread. */
+static void kh_reap(struct kh_signd *srv)
+{
+    char buf[64];
+    pthread_t th[64];
+    size_t n;
+
+    while (read(srv->reap_pipe[0], buf, sizeof buf) > 0)
+        ;
+    do {
+        pthread_mutex_lock(&srv->lock);
+        n = srv->ndone < 64 ? srv->ndone : 64;
+        srv->ndone -= n;
+        memcpy(th, srv->done + srv->ndone, n * sizeof th[0]);
+        pthread_mutex_unlock(&srv->lock);
+        for (size_t i = 0; i < n; i++)
+            pthread_join(th[i], NULL);
+    } while (n == 64);
+}
+
+/* Makes sure done can hold one more finished thread per live one. */
+static bool kh_done_room(struct kh_signd *srv)
+{
+    size_t need = srv->active + srv->ndone + 1;
+    pthread_t *p;
+
+    if (need <= srv->done_cap)
+        return true;
+    p = realloc(srv->done, 2 * need * sizeof *p);
+    if (!p)
+        return false;
+    srv->done = p;
+    srv->done_cap = 2 * need;
+    return true;
 }
 
 static void *kh_conn_thread(void *arg)
@@ -164,17 +207,17 @@ int kh_signd_serve(struct kh_signd *srv, kh_wire_listener *listener)
     int ret = 0;
 
     while (!atomic_load(&srv->stopping)) {
-        struct pollfd pf[2] = {
+        struct pollfd pf[3] = {
             { .fd = lfd, .events = POLLIN },
             { .fd = srv->stop_pipe[0], .events = POLLIN },
+            { .fd = srv->reap_pipe[0], .events = POLLIN },
         };
         struct kh_conn_arg *arg;
         kh_wire_conn *conn = NULL;
-        pthread_attr_t attr;
         pthread_t th;
         int n, rc;
 
-        n = poll(pf, 2, -1);
+        n = poll(pf, 3, -1);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -184,6 +227,8 @@ int kh_signd_serve(struct kh_signd *srv, kh_wire_listener *listener)
         }
         if (pf[1].revents)
             break;
+        if (pf[2].revents)
+            kh_reap(srv);
         if (!(pf[0].revents & POLLIN))
             continue;
         rc = kh_wire_accept(listener, &conn, kh_wire_now_ms() + srv->handshake_timeout_ms);
@@ -203,6 +248,11 @@ int kh_signd_serve(struct kh_signd *srv, kh_wire_listener *listener)
             kh_refuse(srv, conn, "too many connections");
             continue;
         }
+        if (!kh_done_room(srv)) {
+            pthread_mutex_unlock(&srv->lock);
+            kh_refuse(srv, conn, "out of memory");
+            continue;
+        }
         srv->active++;
         srv->next_conn_id++;
         pthread_mutex_unlock(&srv->lock);
@@ -213,14 +263,13 @@ int kh_signd_serve(struct kh_signd *srv, kh_wire_listener *listener)
             arg->srv = srv;
             arg->conn = conn;
             arg->id = srv->next_conn_id;
-            pthread_attr_init(&attr);
-            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            rc = pthread_create(&th, &attr, kh_conn_thread, arg);
-            pthread_attr_destroy(&attr);
+            rc = pthread_create(&th, NULL, kh_conn_thread, arg);
         }
         if (rc != 0) {
             free(arg);
-            kh_conn_done(srv);
+            pthread_mutex_lock(&srv->lock);
+            srv->active--;
+            pthread_mutex_unlock(&srv->lock);
             kh_refuse(srv, conn, "cannot start a connection thread");
         }
     }
@@ -233,5 +282,9 @@ int kh_signd_serve(struct kh_signd *srv, kh_wire_listener *listener)
     while (srv->active > 0)
         pthread_cond_wait(&srv->idle, &srv->lock);
     pthread_mutex_unlock(&srv->lock);
+    kh_reap(srv);
+    free(srv->done);
+    srv->done = NULL;
+    srv->done_cap = 0;
     return ret;
 }

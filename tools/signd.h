@@ -8,7 +8,9 @@
  *   signd-attest.c    attestation (TPM2_Quote through tpm2-tss, or unavailable)
  *   signd-eth.c       Ethereum encodings      signd-policy.c  configuration
  *
- * Threads: one per connection (capped), each with its own PKCS#11 session;
+ * Threads: one per connection (capped), each with its own PKCS#11 session,
+ * joined by the accepting thread once finished (so their thread-local state,
+ * OpenSSL's included, is released before the process exits);
  * the login is the token's (one session opened at start keeps it). The key
  * table is built before the first connection and read-only afterwards,
  * except each key's token bucket, which has its own lock.
@@ -69,6 +71,10 @@ struct kh_signd {
     pthread_cond_t idle;           /* signalled when active drops */
     unsigned active;               /* connection threads alive */
     uint64_t next_conn_id;
+    pthread_t *done;               /* finished connection threads, to be joined */
+    size_t ndone;
+    size_t done_cap;
+    int reap_pipe[2];              /* a finished thread writes a byte here */
     int stop_pipe[2];              /* readable once SIGTERM/SIGINT arrived */
     atomic_bool stopping;
 };

@@ -120,16 +120,20 @@ function wrap(sock) {
     };
 }
 
-// Connects and waits briefly for an unasked refusal (the connection cap):
-// connections of an earlier client may still be winding down on the
-// server, so a refusal is retried for a while.
+// Connects and makes sure the server serves the connection: a connection
+// over the cap gets "unavailable: too many connections" before anything is
+// read, so the first reply to a status request tells. Connections of an
+// earlier client may still be winding down on the server, so a refusal is
+// retried for a while.
 async function connectServed(url) {
     for (let tries = 0; ; tries++) {
         const c = await connect(url);
-        const r = await c.next(200).catch(() => undefined);
-        if (r === undefined) return c;
+        const r = await c.call('status').catch((e) => ({ closed: String(e) }));
+        if (r.result) return c;
         c.end();
-        if (tries > 100) fail(`connection refused: ${JSON.stringify(r)}`);
+        // The refusal, or a reset when the server closed with our request unread.
+        const refused = r.closed || (r.error && r.error.code === 5 && /too many connections/.test(r.error.message));
+        if (!refused || tries > 100) fail(`connection not served: ${JSON.stringify(r)}`);
         await new Promise((res) => setTimeout(res, 100));
     }
 }
