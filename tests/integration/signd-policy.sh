@@ -86,11 +86,12 @@ run sjs garbage "${SIGND_URL[unix]}"
 run sjs garbage "${SIGND_URL[tcp]}"
 ok "every bad frame got an error or a closed connection; the servers kept serving"
 
-say "the idle timeout closes a silent connection"
-signd_start idle --listen "unix:$KH_TMP/idle.sock" --token "$TOKEN" --idle-timeout-ms 300
+say "the idle timeout closes a silent connection, the io deadline a stalled frame"
+signd_start idle --listen "unix:$KH_TMP/idle.sock" --token "$TOKEN" --idle-timeout-ms 300 --io-timeout-ms 300
 run sjs idle "${SIGND_URL[idle]}"
 grep -q 'closed: idle for 300 ms' "$KH_TMP/idle.log" || fail "no idle-close line in the log"
-ok "closed by the server"
+grep -q 'outcome=timeout' "$KH_TMP/idle.log" || fail "no timeout line for the stalled frame"
+ok "the idle connection and the stalled frame were closed by the server"
 
 say "SIGINT stops a server cleanly"
 signd_stop idle INT

@@ -13,7 +13,8 @@
 //   conncap <url> <cap>                     cap connections are served, one more is refused
 //   garbage <url>                           bad frames: error or closed, and the server keeps serving
 //   drain <url> <pid>                       a request in flight at SIGTERM is answered, then closed
-//   idle <url>                              an idle connection is closed by the server
+//   idle <url>                              an idle connection, and a stalled frame, are closed by the server
+//   bench <url> <method> <n> <conns>        prints requests per second (no assertion)
 //   sign-verify <url> <key> <algorithm>     sign through the protocol, verify with node's crypto/noble
 //
 // URLs: unix:/path, tcp://host:port, tls://host:port (CA in $KH_TLS_CA).
@@ -431,6 +432,33 @@ async function cmdIdle(url) {
     const t0 = Date.now();
     if ((await c.next()) !== null) fail('the server sent something unasked');
     say(`the idle connection was closed by the server after ${Date.now() - t0} ms`);
+    // A frame started and never finished: closed after the io deadline.
+    const d = await connect(url);
+    d.sendRaw(Buffer.from([0, 0, 0, 50, 0x7b]));
+    const t1 = Date.now();
+    if ((await d.next()) !== null) fail('the server answered a frame that never finished');
+    say(`a stalled frame was dropped by the server after ${Date.now() - t1} ms`);
+}
+
+// Throughput, printed (never asserted): n requests of one method spread
+// over conns connections, each connection one request at a time.
+async function cmdBench(url, method, n, conns) {
+    const params = method === 'sign_transaction'
+        ? { tx: { nonce: 1, gasPrice: 1, gas: 21000, to: '0x' + '35'.repeat(20), value: 1, chainId: 1 } }
+        : method === 'sign_message_defunct' ? { message_hash: 'ab'.repeat(32) } : undefined;
+    const cs = [];
+    for (let i = 0; i < conns; i++) cs.push(await connectServed(url));
+    let left = n;
+    const t0 = process.hrtime.bigint();
+    await Promise.all(cs.map(async (c) => {
+        while (left > 0) {
+            left--;
+            result(await c.call(method, params), method);
+        }
+    }));
+    const s = Number(process.hrtime.bigint() - t0) / 1e9;
+    say(`${method}: ${n} requests over ${conns} connection(s) in ${s.toFixed(3)} s = ${(n / s).toFixed(0)} req/s`);
+    for (const c of cs) c.end();
 }
 
 async function cmdDrain(url, pid) {
@@ -552,6 +580,7 @@ async function main() {
     case 'garbage': await cmdGarbage(a[0]); break;
     case 'drain': await cmdDrain(a[0], Number(a[1])); break;
     case 'idle': await cmdIdle(a[0]); break;
+    case 'bench': await cmdBench(a[0], a[1], Number(a[2]), Number(a[3])); break;
     case 'sign-verify': await cmdSignVerify(a[0], a[1], a[2]); break;
     default: fail(`unknown command ${cmd}`);
     }
