@@ -51,8 +51,8 @@ struct kh_conn_arg {
     uint64_t id;
 };
 
-/* Sends a reply and frees it. Returns: the kh_wire_send result. */
-static int kh_send_reply(struct kh_signd *srv, kh_wire_conn *conn, char *reply, uint64_t io_ms)
+/* Sends a reply (taken: freed here). Returns: the kh_wire_send result. */
+static int kh_send_reply_take(kh_wire_conn *conn, char *reply, uint64_t io_ms)
 {
     int rc;
 
@@ -60,7 +60,6 @@ static int kh_send_reply(struct kh_signd *srv, kh_wire_conn *conn, char *reply, 
         return KH_WIRE_ENOMEM;
     rc = kh_wire_send(conn, reply, strlen(reply), kh_wire_now_ms() + io_ms);
     free(reply);
-    (void)srv;
     return rc;
 }
 
@@ -127,9 +126,10 @@ static void *kh_conn_thread(void *arg)
     rv = srv->p11.f->C_OpenSession(srv->tok.slot, CKF_SERIAL_SESSION, NULL, NULL, &w.session);
     if (rv != CKR_OK) {
         kh_signd_log("conn=%llu C_OpenSession failed: %s", id, kh_rv_name(rv));
-        kh_send_reply(srv, a.conn, kh_signd_error_reply(KH_SIGND_E_UNAVAILABLE,
-                                                        "the token has no session for this connection"),
-                      srv->cfg.io_timeout_ms);
+        kh_send_reply_take(a.conn,
+                           kh_signd_error_reply(KH_SIGND_E_UNAVAILABLE,
+                                                "the token has no session for this connection"),
+                           srv->cfg.io_timeout_ms);
         goto out;
     }
     w.have_session = true;
@@ -176,7 +176,7 @@ static void *kh_conn_thread(void *arg)
         }
         reply = kh_signd_handle(&w, json, len, &log);
         free(json);
-        rc = kh_send_reply(srv, a.conn, reply, srv->cfg.io_timeout_ms);
+        rc = kh_send_reply_take(a.conn, reply, srv->cfg.io_timeout_ms);
         kh_signd_log("conn=%llu method=%s key=%s outcome=%s ms=%.2f%s%s", id, log.method, log.key,
                      log.outcome, kh_now_ms_f() - t0, rc != KH_WIRE_OK ? " send: " : "",
                      rc != KH_WIRE_OK ? kh_wire_strerror(rc) : "");
@@ -194,8 +194,8 @@ out:
 /* Refuses a connection (over the cap) with an "unavailable" error. */
 static void kh_refuse(struct kh_signd *srv, kh_wire_conn *conn, const char *why)
 {
-    int rc = kh_send_reply(srv, conn, kh_signd_error_reply(KH_SIGND_E_UNAVAILABLE, why),
-                           KH_SIGND_BUSY_SEND_MS);
+    int rc = kh_send_reply_take(conn, kh_signd_error_reply(KH_SIGND_E_UNAVAILABLE, why),
+                                KH_SIGND_BUSY_SEND_MS);
     kh_signd_log("conn=- method=- key=- outcome=unavailable (%s)%s", why,
                  rc == KH_WIRE_OK ? "" : ", reply not delivered");
     kh_wire_close(conn);
