@@ -158,6 +158,13 @@ static CK_RV config_read_file(kh_config *cfg, const char *path)
                 break;
             }
             cfg->default_backend = b;
+        } else if (!strncmp(key, "remote_", 7)) {
+            const char *why;
+            if (!kh_remote_config_set(&cfg->remote, key, val, &why)) {
+                kh_log(KH_LOG_ERROR, "%s:%u: %s", path, lineno, why);
+                rv = CKR_GENERAL_ERROR;
+                break;
+            }
         } else if (!strcmp(key, "log_level")) {
             cfg->log_level = !strcmp(val, "error") ? KH_LOG_ERROR : !strcmp(val, "warn") ? KH_LOG_WARN
                 : !strcmp(val, "info") ? KH_LOG_INFO : !strcmp(val, "debug") ? KH_LOG_DEBUG : 0;
@@ -176,6 +183,7 @@ CK_RV kh_config_load(kh_config *cfg)
     cfg->cache_max_keys = 4096;
     cfg->cache_idle_s = 300;
     cfg->default_backend = CKV_KH_BACKEND_VAULT;
+    kh_remote_config_defaults(&cfg->remote);
     const char *conf = getenv("KEYHOLD_CONF");
     if (conf && *conf) {
         CK_RV rv = config_read_file(cfg, conf);
@@ -391,6 +399,7 @@ CK_RV kh_check_fork(void)
     }
     kh_sessions_drop_all();
     kh_keycache_flush_all();
+    kh_backends_forked();
     kh_mod.pid = getpid();
     return CKR_OK;
 }
@@ -448,6 +457,7 @@ CK_RV kh_Finalize(CK_VOID_PTR pReserved)
     kh_objects_free_all();
     tokens_free_all();
     kh_keycache_shutdown();
+    kh_backends_shutdown();
     if (kh_mod.store)
         kh_store_close(kh_mod.store);
     kh_mod.store = NULL;

@@ -20,6 +20,7 @@
 #include "keyhold.h"
 #include "crypto.h"
 #include "store.h"
+#include "remote/remote.h"
 
 /* ---- mutexes (CKF_OS_LOCKING_OK or the application's callbacks) ---- */
 
@@ -42,6 +43,7 @@ typedef struct kh_config {
     unsigned cache_idle_s;      /* default 300 */
     CK_ULONG default_backend;   /* for new tokens: CKV_KH_BACKEND_VAULT */
     int log_level;
+    kh_remote_config remote;    /* remote_* keys (module/backend/remote/remote.h) */
 } kh_config;
 
 /* Load defaults, then KEYHOLD_CONF (key = value lines), then environment. */

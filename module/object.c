@@ -774,6 +774,122 @@ static kh_alg tmpl_alg(CK_KEY_TYPE kt, const CK_ATTRIBUTE *t, CK_ULONG n, CK_RV 
     return alg;
 }
 
+/* CKA_EC_PARAMS (OID form) for an EC or Ed25519 alg. */
+static const CK_ATTRIBUTE *alg_ec_params(kh_alg alg, CK_ATTRIBUTE *out)
+{
+    for (size_t i = 0; i < sizeof curves / sizeof curves[0]; i++)
+        if (curves[i].alg == alg) {
+            out->type = CKA_EC_PARAMS;
+            out->pValue = (void *)curves[i].der;
+            out->ulValueLen = curves[i].len;
+            return out;
+        }
+    return NULL;
+}
+
+/*
+ * C_CreateObject of a remote private key: CKA_KH_REMOTE_REF names the key
+ * (and CKA_KH_BACKEND, if given, says remote). The remote backend fetches
+ * its public key once (network I/O, no lock held); the key type and the
+ * public attributes come from that answer. CKA_KEY_TYPE and CKA_EC_PARAMS
+ * may be given and must then match it; public values and private values
+ * may not be given (the signer's key is the truth). The reference is kept
+ * in clear (CKA_KH_REMOTE_REF, searchable) and sealed as the private blob,
+ * so only a logged-in user can sign with it.
+ */
+static CK_RV create_remote_key(kh_session *s, const CK_ATTRIBUTE *t, CK_ULONG n,
+                               CK_OBJECT_HANDLE *out)
+{
+    kh_obj_rec rec = { 0 };
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
+    CK_ULONG v;
+    CK_RV rv;
+    const CK_ATTRIBUTE *ref = tmpl_find(t, n, CKA_KH_REMOTE_REF);
+    const CK_ATTRIBUTE *be = tmpl_find(t, n, CKA_KH_BACKEND);
+    if (!ref) /* a private value for the remote backend: importing is not supported */
+        return tmpl_find(t, n, CKA_VALUE) || tmpl_find(t, n, CKA_PRIVATE_EXPONENT)
+                   ? CKR_FUNCTION_NOT_SUPPORTED : CKR_TEMPLATE_INCOMPLETE;
+    if (be && (!attr_ulong(be, &v) || v != CKV_KH_BACKEND_REMOTE))
+        return CKR_TEMPLATE_INCONSISTENT;
+    if (!ref->pValue || ref->ulValueLen == 0)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    static const CK_ATTRIBUTE_TYPE not_here[] = {
+        CKA_VALUE, CKA_PRIVATE_EXPONENT, CKA_PRIME_1, CKA_PRIME_2, CKA_EXPONENT_1,
+        CKA_EXPONENT_2, CKA_COEFFICIENT, CKA_EC_POINT, CKA_MODULUS, CKA_PUBLIC_EXPONENT,
+        CKA_MODULUS_BITS,
+    };
+    for (size_t i = 0; i < sizeof not_here / sizeof not_here[0]; i++)
+        if (tmpl_find(t, n, not_here[i]))
+            return CKR_TEMPLATE_INCONSISTENT;
+    bool token = attr_bool(tmpl_find(t, n, CKA_TOKEN), false);
+    rv = check_write(s, token, true);
+    if (rv != CKR_OK)
+        return rv;
+    const kh_backend_ops *ops = kh_backend_get(CKV_KH_BACKEND_REMOTE);
+    if (!ops || !ops->attach)
+        return CKR_FUNCTION_NOT_SUPPORTED;
+    kh_pubkey pub;
+    rv = ops->attach(s->tok, &pub, &blob, &blob_len, ref->pValue, ref->ulValueLen);
+    if (rv != CKR_OK)
+        goto out;
+    CK_KEY_TYPE kt = alg_key_type(pub.alg);
+    const CK_ATTRIBUTE *kta = tmpl_find(t, n, CKA_KEY_TYPE);
+    if (kta && (!attr_ulong(kta, &v) || v != kt)) {
+        rv = CKR_TEMPLATE_INCONSISTENT;
+        goto out;
+    }
+    const CK_ATTRIBUTE *pa = tmpl_find(t, n, CKA_EC_PARAMS);
+    if (pa && (kt == CKK_RSA || !pa->pValue ||
+               kh_alg_from_ec_params(pa->pValue, pa->ulValueLen) != pub.alg)) {
+        rv = CKR_TEMPLATE_INCONSISTENT;
+        goto out;
+    }
+    rv = kh_policy_check_template(CKO_PRIVATE_KEY, kt, t, n, KH_USE_CREATE);
+    if (rv == CKR_OK)
+        rv = rec_defaults(&rec, CKO_PRIVATE_KEY, kt);
+    if (rv == CKR_OK)
+        rv = rec_apply(&rec, CKO_PRIVATE_KEY, kt, t, n);
+    if (rv == CKR_OK && kt != CKK_RSA && !pa) {
+        CK_ATTRIBUTE p;
+        if (!alg_ec_params(pub.alg, &p))
+            rv = CKR_GENERAL_ERROR;
+        else
+            rv = rec_set(&rec, CKA_EC_PARAMS, p.pValue, p.ulValueLen);
+    }
+    if (rv == CKR_OK)
+        rv = rec_set_public(&rec, &pub);
+    if (rv == CKR_OK)
+        rv = rec_set_ulong(&rec, CKA_KH_BACKEND, CKV_KH_BACKEND_REMOTE);
+    /* what happened to the key before it was registered is not known here */
+    if (rv == CKR_OK)
+        rv = rec_set_bool(&rec, CKA_ALWAYS_SENSITIVE, false);
+    if (rv == CKR_OK)
+        rv = rec_set_bool(&rec, CKA_NEVER_EXTRACTABLE, false);
+    if (rv == CKR_OK)
+        rv = rec_seal(&rec, s, blob, blob_len);
+    if (rv != CKR_OK)
+        goto out;
+    rv = objs_insert(s, &rec, 1, out);
+    if (rv == CKR_OK && token) {
+        keys_invalidate();
+        kh_store *st;
+        if (kh_store_acquire(&st) == CKR_OK) {
+            char detail[48];
+            snprintf(detail, sizeof detail, "handle=%lu backend=remote", *out);
+            kh_store_audit(st, s->tok->id, "register-remote-key", detail);
+            kh_store_release();
+        }
+    }
+out:
+    if (blob)
+        kh_crypto_secret_free(blob, blob_len);
+    if (rec.sealed)
+        kh_wipe(rec.sealed, rec.sealed_len);
+    kh_obj_rec_clear(&rec);
+    return rv;
+}
+
 CK_RV kh_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
                       CK_OBJECT_HANDLE_PTR phObject)
 {
@@ -796,6 +912,15 @@ CK_RV kh_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK
     if (!kh_policy_class_supported(cls)) {
         rv = CKR_ATTRIBUTE_VALUE_INVALID;
         goto out;
+    }
+    if (cls == CKO_PRIVATE_KEY) {
+        CK_ULONG be;
+        const CK_ATTRIBUTE *bea = tmpl_find(pTemplate, ulCount, CKA_KH_BACKEND);
+        if (tmpl_find(pTemplate, ulCount, CKA_KH_REMOTE_REF) ||
+            (attr_ulong(bea, &be) && be == CKV_KH_BACKEND_REMOTE)) {
+            rv = create_remote_key(s, pTemplate, ulCount, phObject);
+            goto out;
+        }
     }
     if (cls != CKO_DATA && !attr_ulong(tmpl_find(pTemplate, ulCount, CKA_KEY_TYPE), &kt)) {
         rv = CKR_TEMPLATE_INCOMPLETE;
@@ -1117,7 +1242,8 @@ CK_RV kh_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
             t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
             rv = CKR_BUFFER_TOO_SMALL;
         } else {
-            memcpy(t->pValue, a->pValue, a->ulValueLen);
+            if (a->ulValueLen) /* an empty value read from the store has no buffer */
+                memcpy(t->pValue, a->pValue, a->ulValueLen);
             t->ulValueLen = a->ulValueLen;
         }
     }

@@ -69,7 +69,7 @@ static const kh_attr_rule rules[] = {
     { .type = CKA_EXPONENT_2,       .classes = C_PRIV, .keys = K_RSA, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE | KH_AF_SECRET },
     { .type = CKA_COEFFICIENT,      .classes = C_PRIV, .keys = K_RSA, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE | KH_AF_SECRET },
     { .type = CKA_KH_BACKEND,       .classes = C_PRIV, .kind = KH_AK_ULONG, .flags = KH_AF_CREATE },
-    { .type = CKA_KH_REMOTE_REF,    .classes = C_PRIV, .kind = KH_AK_BYTES, .flags = 0 },
+    { .type = CKA_KH_REMOTE_REF,    .classes = C_PRIV, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE },
 };
 
 static unsigned class_bit(CK_OBJECT_CLASS cls)

@@ -77,6 +77,7 @@ static const char kh_usage_main[] =
     "  list      list objects as PKCS#11 URIs (or JSON)\n"
     "  pubkey    print a public key (PEM, hex, x-only, npub, Ethereum, OpenSSH)\n"
     "  delete    delete a key pair\n"
+    "  remote add  register a key held by a remote signer\n"
     "  doctor    check the installation and explain what does not work\n"
     "\n"
     "Global options (also accepted after COMMAND):\n"
@@ -138,6 +139,22 @@ static const char kh_usage_delete[] =
     "\n"
     "Destroy the private and public key objects labelled LABEL.\n";
 
+static const char kh_usage_remote_add[] =
+    "Usage: keyhold remote add --url URL --key REMOTE_ID [--label LABEL] [--token TOKEN]\n"
+    "                          [--id HEX] [--pin-file FILE]\n"
+    "       keyhold remote add --driver NAME --key REF [--label LABEL] [--token TOKEN] ...\n"
+    "\n"
+    "Register a key that a remote signer holds. The module asks the signer for\n"
+    "the key's public key once and stores it with the reference\n"
+    "(CKA_KH_REMOTE_REF) as a key pair: signatures are made by the signer and\n"
+    "checked against that public key. URL: unix:/path, tcp://host:port,\n"
+    "tls://host:port or vsock://cid:port; the reference is 'signer:URL#REMOTE_ID'.\n"
+    "With --driver, a plugin driver configured as remote_plugin_NAME serves the\n"
+    "key and the reference is 'NAME:REF'. Without --label the label is the\n"
+    "remote id; without --token the only initialised token; without --id,\n"
+    "CKA_ID is the first 16 bytes of SHA-256 of the public key. Prints the\n"
+    "private key's URI.\n";
+
 static const char kh_usage_doctor[] =
     "Usage: keyhold doctor\n"
     "\n"
@@ -160,6 +177,9 @@ enum {
     KH_OPT_PEM,
     KH_OPT_JSON,
     KH_OPT_FORMAT,
+    KH_OPT_URL,
+    KH_OPT_KEY,
+    KH_OPT_DRIVER,
 };
 
 /* Everything any command may be given; each command says which it takes. */
@@ -173,6 +193,9 @@ struct kh_opts {
     const char *pin_file;
     const char *so_pin_file;
     const char *format;
+    const char *url;
+    const char *key;
+    const char *driver;
     int import_kind;      /* KH_OPT_HEX, KH_OPT_NSEC, KH_OPT_PEM or 0 */
     const char *import_file;
     bool json;
@@ -193,6 +216,9 @@ static const struct option kh_all_options[] = {
     { "pem", required_argument, NULL, KH_OPT_PEM },
     { "json", no_argument, NULL, KH_OPT_JSON },
     { "format", required_argument, NULL, KH_OPT_FORMAT },
+    { "url", required_argument, NULL, KH_OPT_URL },
+    { "key", required_argument, NULL, KH_OPT_KEY },
+    { "driver", required_argument, NULL, KH_OPT_DRIVER },
     { NULL, 0, NULL, 0 },
 };
 
@@ -257,6 +283,9 @@ static int kh_parse(const struct kh_command *cmd, int argc, char **argv, struct 
         case KH_OPT_SO_PIN_FILE: o->so_pin_file = optarg; break;
         case KH_OPT_FORMAT: o->format = optarg; break;
         case KH_OPT_JSON: o->json = true; break;
+        case KH_OPT_URL: o->url = optarg; break;
+        case KH_OPT_KEY: o->key = optarg; break;
+        case KH_OPT_DRIVER: o->driver = optarg; break;
         case KH_OPT_HEX:
         case KH_OPT_NSEC:
         case KH_OPT_PEM:
@@ -278,7 +307,7 @@ static int kh_parse(const struct kh_command *cmd, int argc, char **argv, struct 
     for (const int *r = cmd->required; r && *r; r++) {
         bool have = (*r == KH_OPT_LABEL && o->label) || (*r == KH_OPT_TOKEN && o->token) ||
                     (*r == KH_OPT_TYPE && o->type) || (*r == KH_OPT_FORMAT && o->format) ||
-                    (*r == KH_OPT_HEX && o->import_kind);
+                    (*r == KH_OPT_HEX && o->import_kind) || (*r == KH_OPT_KEY && o->key);
         if (!have) {
             if (*r == KH_OPT_HEX)
                 kh_err("%s: one of --hex, --nsec, --pem is required", cmd->name);
@@ -965,6 +994,197 @@ out:
     return ret;
 }
 
+/* ---- remote add -------------------------------------------------------- */
+
+/* The token to register on: --token, or the only initialised one. */
+static int kh_remote_token(const char *module, const char *token, char *name, size_t namelen)
+{
+    if (token) {
+        snprintf(name, namelen, "%s", token);
+        return KH_EXIT_OK;
+    }
+    struct kh_p11 p;
+    struct kh_p11_token *toks = NULL;
+    size_t n = 0, found = 0;
+    char err[4200];
+    CK_RV rv = kh_p11_open(&p, module, err, sizeof err);
+    if (rv != CKR_OK) {
+        kh_err("%s", err);
+        return KH_EXIT_FAIL;
+    }
+    rv = kh_p11_tokens(&p, &toks, &n);
+    if (rv != CKR_OK) {
+        kh_p11_close(&p);
+        return kh_err_rv("C_GetSlotList", rv);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (toks[i].info.flags & CKF_TOKEN_INITIALIZED) {
+            if (!found)
+                snprintf(name, namelen, "%s", toks[i].label);
+            found++;
+        }
+    free(toks);
+    kh_p11_close(&p);
+    if (found != 1) {
+        kh_err(found ? "there are %zu tokens: say which with --token"
+                     : "there is no token yet (keyhold init)", found);
+        return KH_EXIT_USAGE;
+    }
+    return KH_EXIT_OK;
+}
+
+static int kh_cmd_remote_add(const struct kh_opts *o)
+{
+    static CK_BBOOL yes = CK_TRUE;
+    CK_OBJECT_CLASS priv_cls = CKO_PRIVATE_KEY, pub_cls = CKO_PUBLIC_KEY;
+    CK_ULONG backend = CKV_KH_BACKEND_REMOTE;
+    CK_ATTRIBUTE priv_t[10], pub_t[12];
+    CK_ULONG npriv = 0, npub = 0;
+    CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE, hpub;
+    struct kh_p11_key info = { 0 };
+    struct kh_pubkey pub = { 0 };
+    struct kh_ctx c;
+    uint8_t id[KH_ID_MAX];
+    size_t id_len = 0, point_der_len = 0;
+    uint8_t *point_der = NULL;
+    const uint8_t *params = NULL;
+    size_t params_len = 0;
+    char token[33], *ref = NULL;
+    const char *driver = o->driver ? o->driver : "signer";
+    const char *label = o->label ? o->label : o->key;
+    int ret;
+    CK_RV rv;
+
+    memset(&c, 0, sizeof c);
+    if (strcmp(driver, "signer") == 0) {
+        if (!o->url) {
+            kh_err("remote add: --url is required (or --driver for a plugin)");
+            return KH_EXIT_USAGE;
+        }
+        if (strchr(o->key, '#') || o->key[0] == '\0') {
+            kh_err("remote add: --key must be a non-empty id without '#'");
+            return KH_EXIT_USAGE;
+        }
+    } else if (o->url) {
+        kh_err("remote add: --url is for the built-in signer driver; a plugin's --key is its whole reference");
+        return KH_EXIT_USAGE;
+    }
+    if (o->id && !kh_parse_id(id, &id_len, o->id)) {
+        kh_err("--id must be 1 to %d bytes of hex", KH_ID_MAX);
+        return KH_EXIT_USAGE;
+    }
+    if (label[0] == '\0') {
+        kh_err("the label must not be empty");
+        return KH_EXIT_USAGE;
+    }
+    size_t ref_len = strlen(driver) + 1 + (o->url ? strlen(o->url) + 1 : 0) + strlen(o->key);
+    ref = malloc(ref_len + 1);
+    if (!ref) {
+        kh_err("out of memory");
+        return KH_EXIT_FAIL;
+    }
+    if (o->url)
+        snprintf(ref, ref_len + 1, "%s:%s#%s", driver, o->url, o->key);
+    else
+        snprintf(ref, ref_len + 1, "%s:%s", driver, o->key);
+
+    ret = kh_remote_token(o->module, o->token, token, sizeof token);
+    if (ret != KH_EXIT_OK)
+        goto out;
+    ret = kh_ctx_open(&c, o->module, token, true);
+    if (ret != KH_EXIT_OK)
+        goto out;
+    ret = kh_ctx_login(&c, o->pin_file, KH_PIN_PROMPT);
+    if (ret != KH_EXIT_OK)
+        goto out;
+    ret = kh_check_label_free(&c, label);
+    if (ret != KH_EXIT_OK)
+        goto out;
+    ret = KH_EXIT_FAIL;
+
+    kh_attr_add(priv_t, &npriv, CKA_CLASS, &priv_cls, sizeof priv_cls);
+    kh_attr_add(priv_t, &npriv, CKA_TOKEN, &yes, sizeof yes);
+    kh_attr_add(priv_t, &npriv, CKA_PRIVATE, &yes, sizeof yes);
+    kh_attr_add(priv_t, &npriv, CKA_SENSITIVE, &yes, sizeof yes);
+    kh_attr_add(priv_t, &npriv, CKA_SIGN, &yes, sizeof yes);
+    kh_attr_add(priv_t, &npriv, CKA_LABEL, label, strlen(label));
+    kh_attr_add(priv_t, &npriv, CKA_KH_BACKEND, &backend, sizeof backend);
+    kh_attr_add(priv_t, &npriv, CKA_KH_REMOTE_REF, ref, strlen(ref));
+    if (id_len)
+        kh_attr_add(priv_t, &npriv, CKA_ID, id, id_len);
+    rv = c.p.f->C_CreateObject(c.s, priv_t, npriv, &hpriv);
+    if (rv != CKR_OK) {
+        kh_err_rv("C_CreateObject (remote private key)", rv);
+        if (rv == CKR_DEVICE_ERROR)
+            kh_err("the signer could not be reached or gave no usable public key "
+                   "(KEYHOLD_LOG=warn shows why)");
+        else if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
+            kh_err("the signer does not know this key, or no driver serves '%s' "
+                   "(KEYHOLD_LOG=warn shows why)", driver);
+        goto out;
+    }
+
+    /* The public key the module fetched: the public object gets the same. */
+    rv = kh_p11_describe(&c.p, c.s, hpriv, &info);
+    if (rv == CKR_OK)
+        rv = kh_p11_read_pubkey(&c.p, c.s, hpriv, info.kind, &pub);
+    if (rv != CKR_OK) {
+        kh_err_rv("reading the public key of the new remote key", rv);
+        goto out_destroy;
+    }
+    if (id_len == 0) {
+        CK_ATTRIBUTE set = { CKA_ID, id, KH_DEFAULT_ID_LEN };
+        if (!kh_pubkey_default_id(id, &pub)) {
+            kh_err("cannot derive a CKA_ID from the public key");
+            goto out_destroy;
+        }
+        id_len = KH_DEFAULT_ID_LEN;
+        rv = c.p.f->C_SetAttributeValue(c.s, hpriv, &set, 1);
+        if (rv != CKR_OK) {
+            kh_err_rv("C_SetAttributeValue (CKA_ID)", rv);
+            goto out_destroy;
+        }
+    }
+    kh_attr_add(pub_t, &npub, CKA_CLASS, &pub_cls, sizeof pub_cls);
+    kh_attr_add(pub_t, &npub, CKA_KEY_TYPE, &info.key_type, sizeof info.key_type);
+    kh_attr_add(pub_t, &npub, CKA_TOKEN, &yes, sizeof yes);
+    kh_attr_add(pub_t, &npub, CKA_VERIFY, &yes, sizeof yes);
+    kh_attr_add(pub_t, &npub, CKA_LABEL, label, strlen(label));
+    kh_attr_add(pub_t, &npub, CKA_ID, id, id_len);
+    if (pub.kind == KH_KEY_RSA) {
+        kh_attr_add(pub_t, &npub, CKA_MODULUS, pub.n, pub.n_len);
+        kh_attr_add(pub_t, &npub, CKA_PUBLIC_EXPONENT, pub.e, pub.e_len);
+    } else {
+        kh_keykind_ec_params(pub.kind, &params, &params_len);
+        point_der = kh_der_octets(pub.point, pub.point_len, &point_der_len);
+        if (!params || !point_der) {
+            kh_err("out of memory");
+            goto out_destroy;
+        }
+        kh_attr_add(pub_t, &npub, CKA_EC_PARAMS, params, params_len);
+        kh_attr_add(pub_t, &npub, CKA_EC_POINT, point_der, point_der_len);
+    }
+    rv = c.p.f->C_CreateObject(c.s, pub_t, npub, &hpub);
+    if (rv != CKR_OK) {
+        kh_err_rv("C_CreateObject (public key)", rv);
+        goto out_destroy;
+    }
+    ret = kh_print_uri(&c, label, id, id_len, CKO_PRIVATE_KEY);
+    goto out;
+
+out_destroy:
+    rv = c.p.f->C_DestroyObject(c.s, hpriv);
+    if (rv != CKR_OK)
+        kh_err_rv("C_DestroyObject (removing the half-registered private key)", rv);
+out:
+    free(point_der);
+    free(ref);
+    kh_pubkey_clear(&pub);
+    kh_p11_key_clear(&info);
+    kh_ctx_close(&c);
+    return ret;
+}
+
 /* ---- list -------------------------------------------------------------- */
 
 static void kh_json_string(FILE *f, const char *s)
@@ -1565,6 +1785,10 @@ static const int kh_pubkey_allowed[] = { KH_OPT_TOKEN, KH_OPT_LABEL, KH_OPT_FORM
 static const int kh_pubkey_required[] = { KH_OPT_TOKEN, KH_OPT_LABEL, KH_OPT_FORMAT, 0 };
 static const int kh_delete_allowed[] = { KH_OPT_TOKEN, KH_OPT_LABEL, KH_OPT_PIN_FILE, 0 };
 static const int kh_delete_required[] = { KH_OPT_TOKEN, KH_OPT_LABEL, 0 };
+static const int kh_remote_add_allowed[] = {
+    KH_OPT_URL, KH_OPT_KEY, KH_OPT_DRIVER, KH_OPT_LABEL, KH_OPT_TOKEN, KH_OPT_ID, KH_OPT_PIN_FILE, 0
+};
+static const int kh_remote_add_required[] = { KH_OPT_KEY, 0 };
 
 static const struct kh_command kh_commands[] = {
     { "init", kh_cmd_init, kh_usage_init, kh_init_allowed, kh_init_required },
@@ -1574,6 +1798,8 @@ static const struct kh_command kh_commands[] = {
     { "pubkey", kh_cmd_pubkey, kh_usage_pubkey, kh_pubkey_allowed, kh_pubkey_required },
     { "delete", kh_cmd_delete, kh_usage_delete, kh_delete_allowed, kh_delete_required },
     { "doctor", kh_cmd_doctor, kh_usage_doctor, NULL, NULL },
+    { "remote add", kh_cmd_remote_add, kh_usage_remote_add, kh_remote_add_allowed,
+      kh_remote_add_required },
 };
 
 static const struct kh_command *kh_find_command(const char *name)
@@ -1621,7 +1847,18 @@ int main(int argc, char **argv)
         fputs(kh_usage_main, stdout);
         return i + 1 < argc ? KH_EXIT_USAGE : KH_EXIT_OK;
     }
-    cmd = kh_find_command(argv[i]);
+    if (strcmp(argv[i], "remote") == 0) {
+        /* two-word commands: "remote add" */
+        if (i + 1 >= argc || strcmp(argv[i + 1], "add") != 0) {
+            kh_err("remote: expected 'remote add'");
+            fputs(kh_usage_remote_add, stderr);
+            return KH_EXIT_USAGE;
+        }
+        i++;
+        cmd = kh_find_command("remote add");
+    } else {
+        cmd = kh_find_command(argv[i]);
+    }
     if (!cmd) {
         kh_err("unknown command: %s", argv[i]);
         fputs(kh_usage_main, stderr);

@@ -36,13 +36,31 @@ typedef struct kh_backend_ops {
     CK_RV (*sign)(struct kh_token *tok, const struct kh_key *key, kh_sigop op,
                   const kh_sigparams *params, const uint8_t *data, size_t data_len,
                   uint8_t *sig, size_t *siglen);
+    /*
+     * Register a key that lives elsewhere (remote): resolve ref (ref_len
+     * bytes, not NUL-terminated) and fetch its public key, once. May do
+     * network I/O: called with no module lock held. Out: pub, and *blob,
+     * blob_len: what the store keeps (sealed by the module); free with
+     * kh_crypto_secret_free.
+     */
+    CK_RV (*attach)(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob, size_t *blob_len,
+                    const char *ref, size_t ref_len);
+    /* Optional: C_Finalize, release everything the backend holds. */
+    void (*shutdown)(void);
+    /* Optional: first thing in a forked child: drop the parent's connections
+     * and locks without using them. */
+    void (*forked)(void);
 } kh_backend_ops;
 
 extern const kh_backend_ops kh_backend_vault;
+extern const kh_backend_ops kh_backend_remote;
 
 /* The table for id, or NULL when no such backend is built in. */
 const kh_backend_ops *kh_backend_get(CK_ULONG id);
 /* Tests only: replace the table for ops->id (NULL restores the built-in). */
 void kh_backend_override(CK_ULONG id, const kh_backend_ops *ops);
+/* Call every built-in backend's shutdown (C_Finalize) / forked (fork child) hook. */
+void kh_backends_shutdown(void);
+void kh_backends_forked(void);
 
 #endif

@@ -9,6 +9,7 @@
 
 static const kh_backend_ops *const builtin[] = {
     &kh_backend_vault,
+    &kh_backend_remote,
 };
 
 static const kh_backend_ops *overrides[4];
@@ -27,4 +28,18 @@ void kh_backend_override(CK_ULONG id, const kh_backend_ops *ops)
 {
     if (id < sizeof overrides / sizeof overrides[0])
         overrides[id] = ops;
+}
+
+void kh_backends_shutdown(void)
+{
+    for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
+        if (builtin[i]->shutdown)
+            builtin[i]->shutdown();
+}
+
+void kh_backends_forked(void)
+{
+    for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
+        if (builtin[i]->forked)
+            builtin[i]->forked();
 }
