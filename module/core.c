@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 kh_module kh_mod;
@@ -360,10 +361,51 @@ CK_RV kh_token_get(kh_token **out, CK_SLOT_ID slot, bool need_initialized)
 
 /* ---- fork ---- */
 
+/*
+ * Fork detection without a system call on every Cryptoki call: one page
+ * mapped with MADV_WIPEONFORK holds a marker, which the kernel replaces by
+ * zeros in a forked child (however the child was made). A call that reads
+ * the marker knows it runs in the process that set it; one that does not
+ * (a child, or a kernel before 4.14 without MADV_WIPEONFORK, where the page
+ * is not kept) compares getpid() with kh_mod.pid as before. getpid() is a
+ * real system call in glibc >= 2.25 (no pid cache), and kh_check_fork runs
+ * twice per signature, so this keeps it off the signing path.
+ */
+#define KH_FORK_MARK 0x6b682d616c697665ULL   /* "kh-alive" */
+static volatile uint64_t *kh_fork_page;
+
+static void fork_mark_arm(void)
+{
+#ifdef MADV_WIPEONFORK
+    if (!kh_fork_page) {
+        long pg = sysconf(_SC_PAGESIZE);
+        void *p = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return;
+        if (madvise(p, (size_t)pg, MADV_WIPEONFORK) != 0) {
+            munmap(p, (size_t)pg);
+            return;
+        }
+        kh_fork_page = p;
+    }
+    *kh_fork_page = KH_FORK_MARK;
+#endif
+}
+
+void kh_fork_cleanup(void)
+{
+    if (kh_fork_page) {
+        munmap((void *)kh_fork_page, (size_t)sysconf(_SC_PAGESIZE));
+        kh_fork_page = NULL;
+    }
+}
+
 CK_RV kh_check_fork(void)
 {
     if (!kh_mod.initialized)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (kh_fork_page && *kh_fork_page == KH_FORK_MARK)
+        return CKR_OK;
     if (kh_mod.pid == getpid())
         return CKR_OK;
     /*
@@ -392,6 +434,7 @@ CK_RV kh_check_fork(void)
     kh_sessions_drop_all();
     kh_keycache_flush_all();
     kh_mod.pid = getpid();
+    fork_mark_arm();
     return CKR_OK;
 }
 
@@ -432,6 +475,7 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
     }
     kh_keycache_configure(kh_mod.cfg.cache_enabled, kh_mod.cfg.cache_max_keys, kh_mod.cfg.cache_idle_s);
     kh_mod.pid = getpid();
+    fork_mark_arm();
     kh_mod.store = NULL;
     kh_mod.initialized = true;
     return CKR_OK;

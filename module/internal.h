@@ -196,6 +196,8 @@ CK_RV kh_store_acquire(kh_store **out);
 void kh_store_release(void);
 /* True in a forked child whose state has not been rebuilt yet: rebuild it. */
 CK_RV kh_check_fork(void);
+/* Module unload: unmap the fork-detection page. */
+void kh_fork_cleanup(void);
 
 /* Length query / CKR_BUFFER_TOO_SMALL for arrays of CK_ULONG (slots, mechanisms, handles). */
 CK_RV kh_out_ulongs(CK_ULONG_PTR out, CK_ULONG_PTR count, const CK_ULONG *vals, size_t n);
