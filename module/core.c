@@ -272,12 +272,15 @@ CK_RV kh_store_acquire(kh_store **out)
 {
     kh_mutex_lock(kh_mod.store_lock);
     if (!kh_mod.store) {
-        CK_RV rv = kh_store_open(&kh_mod.store, kh_mod.cfg.store_dir);
+        kh_store *st = NULL;
+        CK_RV rv = kh_store_open(&st, kh_mod.cfg.store_dir);
         if (rv != CKR_OK) {
             kh_mutex_unlock(kh_mod.store_lock);
             kh_log(KH_LOG_ERROR, "cannot open the token store (rv 0x%lx)", rv);
             return rv;
         }
+        /* Published for lock-free readers of its stamp (object.c keys_fresh). */
+        __atomic_store_n(&kh_mod.store, st, __ATOMIC_RELEASE);
     }
     *out = kh_mod.store;
     return CKR_OK;

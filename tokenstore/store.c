@@ -191,7 +191,10 @@ struct kh_store {
     sqlite3_stmt *stmt[KH_ST_COUNT];
     sqlite3_stmt *find[KH_FIND_SHAPES];
     int64_t data_version;
+    const volatile uint32_t *wal_hdr;   /* WAL-index header in SQLite's -shm mapping, or NULL */
 };
+
+static void kh_store_map_wal_hdr(kh_store *st);
 
 /* ---- errors ---- */
 
@@ -523,6 +526,7 @@ CK_RV kh_store_open(kh_store **out, const char *dir)
     rv = kh_store_pragma_int(st, "PRAGMA data_version", &st->data_version);
     if (rv != CKR_OK)
         goto out_close;
+    kh_store_map_wal_hdr(st);
     *out = st;
     return CKR_OK;
 
@@ -584,6 +588,55 @@ CK_RV kh_store_default_dir(char *buf, size_t buflen)
         return CKR_BUFFER_TOO_SMALL;
     }
     return CKR_OK;
+}
+
+/* The WAL-index header: two 48-byte copies at the start of region 0 (32 KiB)
+ * of the -shm mapping. iVersion of the format this code knows. */
+#define KH_WALINDEX_REGION 32768
+#define KH_WALINDEX_VERSION 3007000u
+#define KH_WALHDR_WORDS 12
+
+/*
+ * Find the WAL-index header through SQLite's own mapping (xShmMap on the
+ * main database file, region 0, not extending it). The region stays mapped
+ * while the connection is open. Without it (a VFS with no shared memory),
+ * wal_hdr stays NULL and every stamp read fails: callers use the slow path.
+ */
+static void kh_store_map_wal_hdr(kh_store *st)
+{
+    sqlite3_file *fp = NULL;
+    void volatile *p = NULL;
+
+    st->wal_hdr = NULL;
+    if (sqlite3_file_control(st->db, "main", SQLITE_FCNTL_FILE_POINTER, &fp) != SQLITE_OK || !fp ||
+        !fp->pMethods || fp->pMethods->iVersion < 2 || !fp->pMethods->xShmMap)
+        return;
+    if (fp->pMethods->xShmMap(fp, 0, KH_WALINDEX_REGION, 0, &p) != SQLITE_OK || !p)
+        return;
+    st->wal_hdr = (const volatile uint32_t *)p;
+}
+
+bool kh_store_stamp_read(const kh_store *st, kh_store_stamp *out)
+{
+    const volatile uint32_t *h = st ? st->wal_hdr : NULL;
+    uint32_t a[KH_WALHDR_WORDS], b[KH_WALHDR_WORDS];
+
+    if (!h)
+        return false;
+    /* SQLite writes the second copy, a barrier, then the first; readers read
+     * the first, a barrier, the second, and trust them only when equal. */
+    for (int i = 0; i < KH_WALHDR_WORDS; i++)
+        a[i] = h[i];
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (int i = 0; i < KH_WALHDR_WORDS; i++)
+        b[i] = h[KH_WALHDR_WORDS + i];
+    if (memcmp(a, b, sizeof a) != 0 || a[0] != KH_WALINDEX_VERSION)
+        return false;
+    /* isInit is the first byte of word 3 (after iVersion, unused, iChange). */
+    if (((const uint8_t *)a)[12] == 0)
+        return false;
+    memcpy(out->w, a, sizeof a);
+    return true;
 }
 
 bool kh_store_changed(kh_store *st)

@@ -87,6 +87,29 @@ CK_RV kh_store_default_dir(char *buf, size_t buflen);
 /* True when another connection has written since the last call (PRAGMA data_version). */
 bool kh_store_changed(kh_store *st);
 
+/*
+ * A stamp of the database: the WAL-index header, which every transaction any
+ * connection (of any process) commits changes. kh_store_stamp_read reads it
+ * from the shared memory SQLite maps for the WAL (the -shm file), without a
+ * SQLite call, a lock or a system call, so a hot path can tell "nothing was
+ * committed since stamp S" at the cost of a few loads; anything else goes
+ * through kh_store_changed.
+ *
+ * Thread-safe and lock-free: may be called from any thread while st is open,
+ * concurrently with any other call on st. Returns false when the stamp cannot
+ * be read consistently (a writer is updating the header, or the connection has
+ * no WAL-index mapping): the caller must then take the slow path.
+ *
+ * The layout read is SQLite's documented WAL-index header (file format
+ * "walformat", version 3007000), reached through the public VFS method
+ * xShmMap on the connection's own file handle: no second file descriptor on
+ * the -shm file (closing one would drop SQLite's POSIX locks).
+ */
+typedef struct kh_store_stamp {
+    uint32_t w[12];
+} kh_store_stamp;
+bool kh_store_stamp_read(const kh_store *st, kh_store_stamp *out);
+
 /* Tokens. list returns a malloc'd array (free()). get: CKR_SLOT_ID_INVALID if none. */
 CK_RV kh_store_token_list(kh_store *st, kh_token_rec **out, size_t *n);
 CK_RV kh_store_token_get(kh_store *st, kh_token_rec *out, int64_t id);
