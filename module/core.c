@@ -224,16 +224,24 @@ static CK_RV token_lookup_locked(kh_token **out, int64_t id)
     return CKR_OK;
 }
 
+/*
+ * login and login_gen are written under tok->lock and read without it on the
+ * signing path (kh_token_user_logged_in, the vault's generation check). The
+ * generation is bumped before the key cache is flushed: a signer that inserts
+ * a decoded key after the flush then sees the new generation and flushes
+ * again itself (vault.c).
+ */
 static void token_logout_locked(kh_token *tok)
 {
+    bool was_in = tok->login != KH_NOT_LOGGED_IN;
     if (tok->key) {
         kh_secmem_free(tok->key, KH_TOKEN_KEY_LEN);
         tok->key = NULL;
     }
-    if (tok->login != KH_NOT_LOGGED_IN)
+    __atomic_store_n(&tok->login, KH_NOT_LOGGED_IN, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&tok->login_gen, 1, __ATOMIC_SEQ_CST);
+    if (was_in)
         kh_keycache_flush_token(tok->rec.uid);
-    tok->login = KH_NOT_LOGGED_IN;
-    tok->login_gen++;
 }
 
 static void tokens_free_all(void)
@@ -262,10 +270,7 @@ CK_RV kh_token_key_copy(kh_token *tok, uint8_t out[KH_TOKEN_KEY_LEN])
 
 bool kh_token_user_logged_in(kh_token *tok)
 {
-    kh_mutex_lock(tok->lock);
-    bool in = tok->login == CKU_USER;
-    kh_mutex_unlock(tok->lock);
-    return in;
+    return __atomic_load_n(&tok->login, __ATOMIC_ACQUIRE) == CKU_USER;
 }
 
 CK_RV kh_store_acquire(kh_store **out)
@@ -435,6 +440,8 @@ CK_RV kh_check_fork(void)
         tok->nsessions = tok->nrw_sessions = 0;
     }
     kh_sessions_drop_all();
+    if (!kh_mod.initialized)
+        return CKR_HOST_MEMORY;
     kh_keycache_flush_all();
     kh_mod.pid = getpid();
     fork_mark_arm();
@@ -473,6 +480,12 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
         return rv;
     rv = kh_mutex_new(&kh_mod.store_lock);
     if (rv != CKR_OK) {
+        kh_mutex_free(kh_mod.lock);
+        return rv;
+    }
+    rv = kh_sessions_init();
+    if (rv != CKR_OK) {
+        kh_mutex_free(kh_mod.store_lock);
         kh_mutex_free(kh_mod.lock);
         return rv;
     }
@@ -776,7 +789,7 @@ CK_RV kh_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PT
         goto out_put;
     }
     tok->key = key;
-    tok->login = userType;
+    __atomic_store_n(&tok->login, userType, __ATOMIC_RELEASE);
     kh_mutex_unlock(tok->lock);
 out_put:
     kh_session_put(s);
