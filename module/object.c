@@ -716,8 +716,14 @@ static CK_RV check_write(kh_session *s, bool token, bool priv)
     return CKR_OK;
 }
 
-/* Store one or two records (token or session); out handles. */
-static CK_RV objs_insert(kh_session *s, kh_obj_rec *recs, size_t n, CK_OBJECT_HANDLE *handles)
+/*
+ * Store one or two records (token or session); out handles. With event, the
+ * token records and an audit row of that event go in one transaction (one
+ * commit, one fsync): its detail names the last token record's handle,
+ * then detail_tail.
+ */
+static CK_RV objs_insert(kh_session *s, kh_obj_rec *recs, size_t n, CK_OBJECT_HANDLE *handles,
+                         const char *event, const char *detail_tail)
 {
     size_t ntok = 0;
     for (size_t i = 0; i < n; i++) {
@@ -739,7 +745,10 @@ static CK_RV objs_insert(kh_session *s, kh_obj_rec *recs, size_t n, CK_OBJECT_HA
         CK_RV rv = kh_store_acquire(&st);
         if (rv != CKR_OK)
             return rv;
-        rv = kh_store_obj_insert_many(st, ids, batch, k);
+        if (event)
+            rv = kh_store_obj_insert_audited(st, ids, batch, k, s->tok->id, event, detail_tail);
+        else
+            rv = kh_store_obj_insert_many(st, ids, batch, k);
         kh_store_release();
         if (rv != CKR_OK)
             return rv;
@@ -938,7 +947,7 @@ CK_RV kh_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK
         if (rv != CKR_OK)
             goto out;
     }
-    rv = objs_insert(s, &rec, 1, phObject);
+    rv = objs_insert(s, &rec, 1, phObject, NULL, NULL);
     if (rv == CKR_OK && token)
         keys_invalidate();
 out:
@@ -1064,18 +1073,12 @@ CK_RV kh_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism
     if (rv != CKR_OK)
         goto out;
     CK_OBJECT_HANDLE handles[2];
-    rv = objs_insert(s, recs, 2, handles);
+    char tail[48];
+    snprintf(tail, sizeof tail, "backend=%s", ops->name);
+    /* One transaction for the token rows and their audit row: one fsync. */
+    rv = objs_insert(s, recs, 2, handles, "generate-key-pair", tail);
     if (rv != CKR_OK)
         goto out;
-    if (pub_token || priv_token) {
-        kh_store *st;
-        if (kh_store_acquire(&st) == CKR_OK) {
-            char detail[64];
-            snprintf(detail, sizeof detail, "handle=%lu backend=%s", handles[1], ops->name);
-            kh_store_audit(st, s->tok->id, "generate-key-pair", detail);
-            kh_store_release();
-        }
-    }
     kh_log(KH_LOG_DEBUG, "token %lld: generated key pair %lu/%lu on %s", (long long)s->tok->id, handles[0],
            handles[1], ops->name);
     *phPublicKey = handles[0];

@@ -1447,10 +1447,13 @@ CK_RV kh_store_obj_insert(kh_store *st, int64_t *out_id, const kh_obj_rec *rec)
     return kh_obj_insert_one(st, out_id, rec);
 }
 
-CK_RV kh_store_obj_insert_many(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n)
+/* Both inserts: n records, and the audit row when event is not NULL. */
+static CK_RV kh_obj_insert_tx(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n,
+                              int64_t token_id, const char *event, const char *detail_tail)
 {
     CK_RV rv;
     size_t i;
+    int64_t last = 0;
 
     if (!st || (!recs && n))
         return CKR_ARGUMENTS_BAD;
@@ -1460,7 +1463,21 @@ CK_RV kh_store_obj_insert_many(kh_store *st, int64_t *out_ids, const kh_obj_rec 
     if (rv != CKR_OK)
         return rv;
     for (i = 0; i < n; i++) {
-        rv = kh_obj_insert_one(st, out_ids ? &out_ids[i] : NULL, &recs[i]);
+        rv = kh_obj_insert_one(st, &last, &recs[i]);
+        if (rv != CKR_OK)
+            goto out_rollback;
+        if (out_ids)
+            out_ids[i] = last;
+    }
+    if (event) {
+        char detail[160];
+        int len = snprintf(detail, sizeof detail, "handle=%lld%s%s", (long long)last,
+                           detail_tail ? " " : "", detail_tail ? detail_tail : "");
+        if (len < 0 || (size_t)len >= sizeof detail) {
+            rv = CKR_ARGUMENTS_BAD;
+            goto out_rollback;
+        }
+        rv = kh_store_audit(st, token_id, event, detail);
         if (rv != CKR_OK)
             goto out_rollback;
     }
@@ -1475,6 +1492,19 @@ out_clear:
     if (out_ids)
         memset(out_ids, 0, n * sizeof *out_ids);
     return rv;
+}
+
+CK_RV kh_store_obj_insert_many(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n)
+{
+    return kh_obj_insert_tx(st, out_ids, recs, n, 0, NULL, NULL);
+}
+
+CK_RV kh_store_obj_insert_audited(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n,
+                                  int64_t token_id, const char *event, const char *detail_tail)
+{
+    if (!event)
+        return CKR_ARGUMENTS_BAD;
+    return kh_obj_insert_tx(st, out_ids, recs, n, token_id, event, detail_tail);
 }
 
 CK_RV kh_store_obj_get(kh_store *st, kh_obj_rec *out, int64_t id)

@@ -151,6 +151,14 @@ CK_RV kh_store_token_set_default_backend(kh_store *st, int64_t token_id, CK_ULON
 CK_RV kh_store_obj_insert(kh_store *st, int64_t *out_id, const kh_obj_rec *rec);
 /* Insert n records in one transaction (bulk builds, key pairs). out_ids may be NULL. */
 CK_RV kh_store_obj_insert_many(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n);
+/*
+ * The same, with one audit row in the same transaction (one commit: with
+ * synchronous=FULL, one fsync for a generated key pair and its event). The
+ * row's detail is "handle=<id of recs[n-1]>", then a blank and detail_tail
+ * when that is not NULL; token_id 0 leaves the row without a token.
+ */
+CK_RV kh_store_obj_insert_audited(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n,
+                                  int64_t token_id, const char *event, const char *detail_tail);
 /* Load one object. CKR_OBJECT_HANDLE_INVALID if no such row. Free with kh_obj_rec_clear(). */
 CK_RV kh_store_obj_get(kh_store *st, kh_obj_rec *out, int64_t id);
 /* Replace the attribute set (and indexed columns) of object id. */

@@ -894,6 +894,47 @@ static void test_audit(void)
     KH_CHECK(db_int(dir, "SELECT count(*) FROM audit WHERE token_id IS NULL") == 1);
 }
 
+/* A key pair and its audit row commit together, or not at all. */
+static void test_insert_audited(void)
+{
+    const char *d;
+    char dir[4200], sql[256];
+    int64_t tok = 0, ids[2] = { 0, 0 };
+    kh_store *st = open_fresh(&d);
+    obj_spec o[2];
+    kh_obj_rec recs[2];
+    snprintf(dir, sizeof dir, "%s", d);
+    KH_CHECK_RV(kh_store_token_init(st, &tok, 0, SO_PIN, "test", 4, NULL), CKR_OK);
+    spec_fill(&o[0], CKO_PUBLIC_KEY, CKK_EC, false, "p", "pair");
+    spec_fill(&o[1], CKO_PRIVATE_KEY, CKK_EC, true, "p", "pair");
+    memset(recs, 0, sizeof recs);
+    for (int i = 0; i < 2; i++) {
+        recs[i].token_id = tok;
+        KH_CHECK_RV(kh_random(recs[i].uid, KH_UID_LEN), CKR_OK);
+        recs[i].attrs = o[i].attrs;
+        recs[i].nattrs = 8;
+    }
+    int64_t before = db_int(dir, "SELECT count(*) FROM audit");
+    KH_CHECK_RV(kh_store_obj_insert_audited(st, ids, recs, 2, tok, "generate-key-pair",
+                                            "backend=vault"), CKR_OK);
+    KH_CHECK(ids[0] > 0 && ids[1] > ids[0]);
+    KH_CHECK(db_int(dir, "SELECT count(*) FROM audit") == before + 1);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM audit WHERE event = 'generate-key-pair' AND token_id = %lld "
+             "AND detail = 'handle=%lld backend=vault'", (long long)tok, (long long)ids[1]);
+    KH_CHECK(db_int(dir, sql) == 1);
+    KH_CHECK_RV(kh_store_obj_insert_audited(st, ids, recs, 2, tok, NULL, NULL), CKR_ARGUMENTS_BAD);
+
+    /* the second record fails (no such token): neither object nor audit row stays */
+    int64_t objs = db_int(dir, "SELECT count(*) FROM objects");
+    recs[1].token_id = tok + 1000;
+    KH_CHECK(kh_store_obj_insert_audited(st, ids, recs, 2, tok, "generate-key-pair", NULL) != CKR_OK);
+    KH_CHECK(ids[0] == 0 && ids[1] == 0);
+    KH_CHECK(db_int(dir, "SELECT count(*) FROM objects") == objs);
+    KH_CHECK(db_int(dir, "SELECT count(*) FROM audit") == before + 1);
+    kh_store_close(st);
+}
+
 /* ---- seal ---- */
 
 static void test_seal(void)
@@ -1129,6 +1170,7 @@ int main(int argc, char **argv)
     kh_test_register("/store/two-handles/login-concurrent", test_login_concurrent);
     kh_test_register("/store/two-handles/stamp", test_stamp);
     kh_test_register("/store/audit", test_audit);
+    kh_test_register("/store/obj/insert-audited", test_insert_audited);
     kh_test_register("/store/seal", test_seal);
     kh_test_register("/store/kdf", test_kdf);
     kh_test_register("/store/attrs", test_attrs);
