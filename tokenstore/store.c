@@ -195,6 +195,7 @@ struct kh_store {
 };
 
 static void kh_store_map_wal_hdr(kh_store *st);
+static CK_RV kh_find_stmt(kh_store *st, sqlite3_stmt **out, unsigned shape);
 
 /* ---- errors ---- */
 
@@ -527,6 +528,18 @@ CK_RV kh_store_open(kh_store **out, const char *dir)
     if (rv != CKR_OK)
         goto out_close;
     kh_store_map_wal_hdr(st);
+    /* The lookups applications make first (by label or CKA_ID, with or
+     * without the class) are prepared now, with the connection, so that the
+     * first C_FindObjectsInit of a process does not pay for parsing and
+     * planning. A failure here only means they are prepared on first use. */
+    static const unsigned warm[] = {
+        KH_FIND_TOKEN | KH_FIND_CLASS | KH_FIND_LABEL, KH_FIND_TOKEN | KH_FIND_CLASS | KH_FIND_CKID,
+        KH_FIND_TOKEN | KH_FIND_LABEL, KH_FIND_TOKEN | KH_FIND_CKID,
+    };
+    for (size_t i = 0; i < sizeof warm / sizeof warm[0]; i++) {
+        sqlite3_stmt *unused;
+        (void)kh_find_stmt(st, &unused, warm[i]);
+    }
     *out = st;
     return CKR_OK;
 
