@@ -226,21 +226,25 @@ static bool bench_swtpm_start(struct bench_env *e, char *err, size_t errlen)
 }
 
 /*
- * tpm2-pkcs11: swtpm, then `tpm2_ptool init` (the store and its primary
- * object). Without a resource manager tpm2-tools leave their transient
+ * tpm2-pkcs11: swtpm (or the TPM e->tcti names), then `tpm2_ptool init` (the
+ * store and its primary object, persisted at a free handle). Without a resource manager tpm2-tools leave their transient
  * objects loaded, and `tpm2_ptool addtoken` runs out of the TPM's three
  * object slots; so the token is made later through the module's own
  * C_InitToken (which flushes what it loads), after `tpm2_flushcontext -t`.
  */
 static bool bench_env_tpm2(struct bench_env *e, char *err, size_t errlen)
 {
-    char store[4200], tcti[64], log[4200];
+    char store[4200], tcti[300], log[4200];
 
-    if (!bench_swtpm_start(e, err, errlen))
-        return false;
+    if (e->tcti[0]) {
+        snprintf(tcti, sizeof tcti, "%s", e->tcti);
+    } else {
+        if (!bench_swtpm_start(e, err, errlen))
+            return false;
+        snprintf(tcti, sizeof tcti, "swtpm:host=127.0.0.1,port=%d", e->swtpm_port);
+    }
     snprintf(store, sizeof store, "%s/tpm2-pkcs11", e->dir);
     snprintf(log, sizeof log, "%s/tpm2_ptool.log", e->dir);
-    snprintf(tcti, sizeof tcti, "swtpm:host=127.0.0.1,port=%d", e->swtpm_port);
     if (mkdir(store, 0700) != 0) {
         snprintf(err, errlen, "mkdir %s: %s", store, strerror(errno));
         return false;

@@ -30,6 +30,8 @@ struct bench_env {
     char dir[4096];         /* temporary directory ("" when none) */
     pid_t swtpm;            /* 0 when none */
     int swtpm_port;
+    char tcti[256];         /* tpm2-pkcs11: use this TPM (e.g. the one keyhold's TPM backend
+                               uses) instead of starting a swtpm; "" = start one */
 };
 
 /* Where Debian puts the two modules keyhold-bench compares with. */
@@ -46,7 +48,7 @@ void bench_env_resolve(struct bench_env *e, const char *spec);
 /*
  * Sets up e (resolved, or kind BENCH_ENV_KEYHOLD with module set): makes the
  * temporary directory and the module's configuration, starts swtpm for
- * tpm2-pkcs11. With own_store false (benching an existing keyhold token)
+ * tpm2-pkcs11 (unless e->tcti names a TPM to use). With own_store false (benching an existing keyhold token)
  * keyhold keeps the store it is configured with.
  *
  * Returns: true on success; false with a reason in err (cleanup still needed).

@@ -85,6 +85,7 @@ static struct {
     bool keygen_kinds[KH_KEY_RSA + 1];
     const char *backend_name;
     CK_ULONG backend;            /* 0: none asked */
+    const char *tpm2_tcti;       /* --tpm2-tcti: tpm2-pkcs11 uses this TPM, no swtpm started */
     const char *key;             /* --key URI or label */
     const char *token;
     const char *pin;
@@ -126,7 +127,11 @@ static const char bench_usage[] =
     "  --algs LIST         secp256k1-ecdsa,bip340,p256-ecdsa,ed25519,p384-ecdsa,rsa2048-pkcs1\n"
     "                      (default all)\n"
     "  --keygen-algs LIST  secp256k1,p256,p384,ed25519,rsa2048 (default p256)\n"
-    "  --backend NAME      vault, tpm or remote: CKA_KH_BACKEND of the keys keyhold generates\n"
+    "  --backend NAME      vault, tpm or remote: CKA_KH_BACKEND of the keys keyhold generates;\n"
+    "                      with tpm or remote, vault keys of the same types are measured too\n"
+    "                      (\"keyhold-vault\") as the reference\n"
+    "  --tpm2-tcti TCTI    tpm2-pkcs11 uses this TPM (e.g. the swtpm keyhold's TPM backend\n"
+    "                      uses: swtpm:port=N) instead of a swtpm of its own\n"
     "  --key URI|LABEL     sign with an existing key (PKCS#11 URI, or a label with --token)\n"
     "                      instead of generating keys in a temporary token\n"
     "  --token LABEL       token of --key (default: the URI's, else the only token)\n"
@@ -551,6 +556,8 @@ struct bench_target {
     char pin[256];
     struct bench_key keys[KH_KEY_RSA + 1];
     enum kh_keykind key_kind;    /* --key: the key's kind */
+    CK_ULONG key_backend;        /* --key: the key's CKA_KH_BACKEND (0 unknown) */
+    struct bench_key ref[KH_KEY_RSA + 1];  /* vault keys: the reference for tpm/remote keys */
 };
 
 static struct bench_target bench_targets[BENCH_MAX_TARGETS];
@@ -639,9 +646,21 @@ static CK_RV bench_read_pub(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HAN
  * Generate a token key pair of kind with a random CKA_ID. On keyhold with
  * --backend, the private template carries CKA_KH_BACKEND.
  */
+static CK_RV bench_gen_keypair_on(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_ULONG backend,
+                                  enum kh_keykind kind, const char *label, const uint8_t *id,
+                                  size_t idlen, CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv);
+
 static CK_RV bench_gen_keypair(struct kh_p11 *p, CK_SESSION_HANDLE s, bool keyhold,
                                enum kh_keykind kind, const char *label, const uint8_t *id,
                                size_t idlen, CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+{
+    return bench_gen_keypair_on(p, s, keyhold ? opt.backend : 0, kind, label, id, idlen, pub, priv);
+}
+
+/* The same with CKA_KH_BACKEND = backend (0: no such attribute). */
+static CK_RV bench_gen_keypair_on(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_ULONG backend,
+                                  enum kh_keykind kind, const char *label, const uint8_t *id,
+                                  size_t idlen, CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
 {
     CK_BBOOL yes = CK_TRUE;
     CK_ULONG bits = 2048;
@@ -651,7 +670,6 @@ static CK_RV bench_gen_keypair(struct kh_p11 *p, CK_SESSION_HANDLE s, bool keyho
     size_t plen = 0;
     CK_ATTRIBUTE pt[8], vt[8];
     CK_ULONG pn = 0, vn = 0;
-    CK_ULONG backend = opt.backend;
 
     pt[pn++] = (CK_ATTRIBUTE){ CKA_TOKEN, &yes, sizeof yes };
     pt[pn++] = (CK_ATTRIBUTE){ CKA_VERIFY, &yes, sizeof yes };
@@ -663,7 +681,7 @@ static CK_RV bench_gen_keypair(struct kh_p11 *p, CK_SESSION_HANDLE s, bool keyho
     vt[vn++] = (CK_ATTRIBUTE){ CKA_SIGN, &yes, sizeof yes };
     vt[vn++] = (CK_ATTRIBUTE){ CKA_LABEL, (void *)label, strlen(label) };
     vt[vn++] = (CK_ATTRIBUTE){ CKA_ID, (void *)id, idlen };
-    if (keyhold && backend)
+    if (backend)
         vt[vn++] = (CK_ATTRIBUTE){ CKA_KH_BACKEND, &backend, sizeof backend };
     if (kind == KH_KEY_RSA) {
         mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
@@ -708,6 +726,48 @@ static struct bench_key *bench_target_key(struct bench_target *t, enum kh_keykin
     rv = kh_p11_read_pubkey(&t->p11, t->s, k->pub, kind, &k->pubkey);
     if (rv != CKR_OK) {
         snprintf(k->why, sizeof k->why, "reading the public key: %s", kh_rv_name(rv));
+        return k;
+    }
+    k->ok = true;
+    return k;
+}
+
+/* The backend the module under test signs with: --backend, or --key's. */
+static CK_ULONG bench_backend(const struct bench_target *t)
+{
+    return t->existing ? t->key_backend : opt.backend;
+}
+
+/* TPM and remote keys are also compared with vault keys of the same type. */
+static bool bench_wants_ref(const struct bench_target *t)
+{
+    CK_ULONG b = bench_backend(t);
+    return t == &bench_targets[0] && bench_is_keyhold(t) &&
+           (b == CKV_KH_BACKEND_TPM || b == CKV_KH_BACKEND_REMOTE);
+}
+
+/* A vault key of kind in the target's token, the reference for bench_wants_ref. */
+static struct bench_key *bench_ref_key(struct bench_target *t, enum kh_keykind kind)
+{
+    struct bench_key *k = &t->ref[kind];
+    char label[64];
+    CK_RV rv;
+
+    if (k->tried)
+        return k;
+    k->tried = true;
+    snprintf(label, sizeof label, "bench-vault-%s", kh_keykind_name(kind));
+    if (!bench_random(k->id, sizeof k->id)) {
+        snprintf(k->why, sizeof k->why, "getrandom failed");
+        return k;
+    }
+    rv = bench_gen_keypair_on(&t->p11, t->s, CKV_KH_BACKEND_VAULT, kind, label, k->id,
+                              sizeof k->id, &k->pub, &k->priv);
+    if (rv == CKR_OK)
+        rv = kh_p11_read_pubkey(&t->p11, t->s, k->pub, kind, &k->pubkey);
+    if (rv != CKR_OK) {
+        snprintf(k->why, sizeof k->why, "vault reference key (%s): %s", kh_keykind_name(kind),
+                 kh_rv_name(rv));
         return k;
     }
     k->ok = true;
@@ -802,6 +862,7 @@ static bool bench_target_existing(struct bench_target *t, char *err, size_t errl
     }
     t->existing = true;
     t->key_kind = desc.kind;
+    t->key_backend = desc.has_backend ? desc.backend : 0;
     struct bench_key *k = &t->keys[desc.kind];
     k->tried = true;
     k->priv = objs[0];
@@ -930,8 +991,15 @@ static void bench_fail(const struct bench_target *t)
 
 static void bench_target_close(struct bench_target *t)
 {
-    for (int k = 0; k <= KH_KEY_RSA; k++)
+    for (int k = 0; k <= KH_KEY_RSA; k++) {
         kh_pubkey_clear(&t->keys[k].pubkey);
+        kh_pubkey_clear(&t->ref[k].pubkey);
+        /* Reference keys made in the user's own token go again. */
+        if (t->existing && t->ready && t->ref[k].ok) {
+            t->p11.f->C_DestroyObject(t->s, t->ref[k].priv);
+            t->p11.f->C_DestroyObject(t->s, t->ref[k].pub);
+        }
+    }
     if (t->p11.f && t->ready)
         t->p11.f->C_CloseSession(t->s);
     kh_p11_close(&t->p11);
@@ -1175,6 +1243,38 @@ static void bench_sign_measure(struct bench_result *r, struct bench_target *t, i
         t->p11.f->C_CloseSession(shared);
 }
 
+/* Vault reference cells of the module under test: [figure][threads]. */
+static struct bench_result *bench_ref_cell[BENCH_SIG_COUNT][BENCH_MAX_THREADS + 1];
+
+static void bench_do_sign_ref(struct bench_target *t, int s)
+{
+    const struct bench_sig_info *info = bench_sig_get(s);
+    struct bench_key *k = bench_ref_key(t, info->kind);
+
+    for (int n = 1; n <= opt.threads; n++) {
+        struct bench_result cell, **slot = &bench_ref_cell[s][n];
+        char name[80];
+        if (!*slot) {
+            snprintf(name, sizeof name, "%.60s-vault", t->env.name);
+            *slot = bench_result_new("sign", name, info->name);
+            (*slot)->threads = n;
+            (*slot)->skipped = true;
+            snprintf((*slot)->detail, sizeof (*slot)->detail, "%s session per thread, vault key",
+                     kh_mech_name(info->mech));
+        }
+        memset(&cell, 0, sizeof cell);
+        if (!k->ok) {
+            cell.skipped = true;
+            snprintf(cell.why, sizeof cell.why, "%s", k->why);
+        } else {
+            bench_sign_measure(&cell, t, s, k, n, 0);
+        }
+        bench_result_merge(*slot, &cell);
+        if (!k->ok)
+            break;
+    }
+}
+
 static void bench_do_sign_target(struct bench_target *t, int ti, int round)
 {
     for (int s = 0; s < BENCH_SIG_COUNT; s++) {
@@ -1198,8 +1298,15 @@ static void bench_do_sign_target(struct bench_target *t, int ti, int round)
             /* One line per figure says why it is not measured. */
             struct bench_result *r = bench_sign_slot(t, ti, s, 1, opt.mode_own ? 0 : 1);
             snprintf(r->why, sizeof r->why, "%s", why);
-            if (round == 0)
+            if (round == 0) {
                 bench_note("sign: %s %s: skipped: %s", t->env.name, info->title, why);
+                /* A backend asked for by name that cannot make the key fails the run. */
+                if (opt.backend && k && !k->ok && ti == 0) {
+                    bench_err("sign: %s %s: --backend %s: %s", t->env.name, info->title,
+                              opt.backend_name, why);
+                    bench_fail(t);
+                }
+            }
             continue;
         }
         for (int mode = 0; mode < 2; mode++) {
@@ -1212,6 +1319,8 @@ static void bench_do_sign_target(struct bench_target *t, int ti, int round)
                 bench_result_merge(bench_sign_slot(t, ti, s, n, mode), &cell);
             }
         }
+        if (opt.mode_own && bench_wants_ref(t))
+            bench_do_sign_ref(t, s);
     }
 }
 
@@ -1761,6 +1870,7 @@ static bool bench_scale_one(struct bench_target *t, int ti, int si, size_t nkeys
     e.kind = t->env.kind;
     snprintf(e.name, sizeof e.name, "%s", t->env.name);
     snprintf(e.module, sizeof e.module, "%s", t->env.module);
+    memcpy(e.tcti, t->env.tcti, sizeof e.tcti);
     if (!bench_env_setup(&e, true, err, sizeof err)) {
         bench_err("scale %s: %s", e.name, err);
         goto out;
@@ -2075,6 +2185,21 @@ static void bench_print_summary(void)
                         "", 0, 0);
         }
     }
+    /* TPM / remote keys against vault keys of the same type, same module, same run */
+    for (int s = 0; s < BENCH_SIG_COUNT; s++) {
+        const struct bench_sig_info *info = bench_sig_get(s);
+        bool remote = bench_backend(&bench_targets[0]) == CKV_KH_BACKEND_REMOTE;
+        for (int n = 1; n <= opt.threads && n <= 2; n++) {
+            const struct bench_result *mine = bench_sign_get(0, s, n, 0);
+            const struct bench_result *ref = bench_ref_cell[s][n];
+            if (!mine || !ref || ref->skipped || !ref->verified || ref->value <= 0)
+                continue;
+            snprintf(name, sizeof name, "%s, %d thread%s, %s key vs vault key", info->title, n,
+                     n > 1 ? "s" : "", kh_p11_backend_name(bench_backend(&bench_targets[0])));
+            bench_ratio(name, me, mine->value, ref->module, ref->value, mine->value / ref->value,
+                        ">= 0.5 x vault", remote ? 1 : 0, 0.5);
+        }
+    }
     /* against the other modules */
     for (int ti = 1; ti < bench_ntargets; ti++) {
         const char *other = bench_targets[ti].env.name;
@@ -2085,7 +2210,7 @@ static void bench_print_summary(void)
                 const struct bench_result *theirs = bench_sign_get(ti, s, n, 0);
                 if (!mine || !theirs)
                     continue;
-                bool tpm_target = opt.backend == CKV_KH_BACKEND_TPM &&
+                bool tpm_target = bench_backend(&bench_targets[0]) == CKV_KH_BACKEND_TPM &&
                                   bench_targets[ti].env.kind == BENCH_ENV_TPM2_PKCS11 &&
                                   s == BENCH_SIG_P256_ECDSA && n == 1;
                 snprintf(name, sizeof name, "%s, %d thread%s, ops/s vs %s", info->title, n,
@@ -2157,7 +2282,7 @@ static void bench_print_summary(void)
 
 enum {
     OPT_MODULE = 256, OPT_VS, OPT_SECONDS, OPT_THREADS, OPT_MODES, OPT_ALGS, OPT_KEYGEN_ALGS,
-    OPT_BACKEND, OPT_KEY, OPT_TOKEN, OPT_PIN, OPT_SIZES, OPT_VS_SIZES, OPT_RUNS, OPT_JSON,
+    OPT_BACKEND, OPT_TPM2_TCTI, OPT_KEY, OPT_TOKEN, OPT_PIN, OPT_SIZES, OPT_VS_SIZES, OPT_RUNS, OPT_JSON,
     OPT_QUIET, OPT_OPS, OPT_REPEAT, OPT_SCALE_SETUP, OPT_SCALE_MEASURE, OPT_PICK_LABEL, OPT_PICK_ID, OPT_FILL,
 };
 
@@ -2171,6 +2296,7 @@ static const struct option bench_options[] = {
     { "algs", required_argument, NULL, OPT_ALGS },
     { "keygen-algs", required_argument, NULL, OPT_KEYGEN_ALGS },
     { "backend", required_argument, NULL, OPT_BACKEND },
+    { "tpm2-tcti", required_argument, NULL, OPT_TPM2_TCTI },
     { "key", required_argument, NULL, OPT_KEY },
     { "token", required_argument, NULL, OPT_TOKEN },
     { "pin", required_argument, NULL, OPT_PIN },
@@ -2288,6 +2414,13 @@ static int bench_parse_args(int argc, char **argv, int *mode)
                 return BENCH_EXIT_USAGE;
             }
             break;
+        case OPT_TPM2_TCTI:
+            if (strlen(optarg) >= sizeof bench_targets[0].env.tcti) {
+                bench_err("--tpm2-tcti: too long");
+                return BENCH_EXIT_USAGE;
+            }
+            opt.tpm2_tcti = optarg;
+            break;
         case OPT_KEY: opt.key = optarg; break;
         case OPT_TOKEN: opt.token = optarg; break;
         case OPT_PIN: opt.pin = optarg; break;
@@ -2391,8 +2524,12 @@ int main(int argc, char **argv)
         snprintf(bench_targets[0].env.name, sizeof bench_targets[0].env.name, "keyhold");
     }
     bench_ntargets = 1;
-    for (int i = 0; i < opt.nvs; i++)
-        bench_env_resolve(&bench_targets[bench_ntargets++].env, opt.vs[i]);
+    for (int i = 0; i < opt.nvs; i++) {
+        struct bench_env *e = &bench_targets[bench_ntargets++].env;
+        bench_env_resolve(e, opt.vs[i]);
+        if (e->kind == BENCH_ENV_TPM2_PKCS11 && opt.tpm2_tcti)
+            snprintf(e->tcti, sizeof e->tcti, "%s", opt.tpm2_tcti);
+    }
     opt.module = bench_targets[0].env.module;
 
     bench_print_machine();
