@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 kh_module kh_mod;
@@ -231,16 +232,24 @@ static CK_RV token_lookup_locked(kh_token **out, int64_t id)
     return CKR_OK;
 }
 
+/*
+ * login and login_gen are written under tok->lock and read without it on the
+ * signing path (kh_token_user_logged_in, the vault's generation check). The
+ * generation is bumped before the key cache is flushed: a signer that inserts
+ * a decoded key after the flush then sees the new generation and flushes
+ * again itself (vault.c).
+ */
 static void token_logout_locked(kh_token *tok)
 {
+    bool was_in = tok->login != KH_NOT_LOGGED_IN;
     if (tok->key) {
         kh_secmem_free(tok->key, KH_TOKEN_KEY_LEN);
         tok->key = NULL;
     }
-    if (tok->login != KH_NOT_LOGGED_IN)
+    __atomic_store_n(&tok->login, KH_NOT_LOGGED_IN, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&tok->login_gen, 1, __ATOMIC_SEQ_CST);
+    if (was_in)
         kh_keycache_flush_token(tok->rec.uid);
-    tok->login = KH_NOT_LOGGED_IN;
-    tok->login_gen++;
 }
 
 static void tokens_free_all(void)
@@ -269,22 +278,22 @@ CK_RV kh_token_key_copy(kh_token *tok, uint8_t out[KH_TOKEN_KEY_LEN])
 
 bool kh_token_user_logged_in(kh_token *tok)
 {
-    kh_mutex_lock(tok->lock);
-    bool in = tok->login == CKU_USER;
-    kh_mutex_unlock(tok->lock);
-    return in;
+    return __atomic_load_n(&tok->login, __ATOMIC_ACQUIRE) == CKU_USER;
 }
 
 CK_RV kh_store_acquire(kh_store **out)
 {
     kh_mutex_lock(kh_mod.store_lock);
     if (!kh_mod.store) {
-        CK_RV rv = kh_store_open(&kh_mod.store, kh_mod.cfg.store_dir);
+        kh_store *st = NULL;
+        CK_RV rv = kh_store_open(&st, kh_mod.cfg.store_dir);
         if (rv != CKR_OK) {
             kh_mutex_unlock(kh_mod.store_lock);
             kh_log(KH_LOG_ERROR, "cannot open the token store (rv 0x%lx)", rv);
             return rv;
         }
+        /* Published for lock-free readers of its stamp (object.c keys_fresh). */
+        __atomic_store_n(&kh_mod.store, st, __ATOMIC_RELEASE);
     }
     *out = kh_mod.store;
     return CKR_OK;
@@ -368,10 +377,51 @@ CK_RV kh_token_get(kh_token **out, CK_SLOT_ID slot, bool need_initialized)
 
 /* ---- fork ---- */
 
+/*
+ * Fork detection without a system call on every Cryptoki call: one page
+ * mapped with MADV_WIPEONFORK holds a marker, which the kernel replaces by
+ * zeros in a forked child (however the child was made). A call that reads
+ * the marker knows it runs in the process that set it; one that does not
+ * (a child, or a kernel before 4.14 without MADV_WIPEONFORK, where the page
+ * is not kept) compares getpid() with kh_mod.pid as before. getpid() is a
+ * real system call in glibc >= 2.25 (no pid cache), and kh_check_fork runs
+ * twice per signature, so this keeps it off the signing path.
+ */
+#define KH_FORK_MARK 0x6b682d616c697665ULL   /* "kh-alive" */
+static volatile uint64_t *kh_fork_page;
+
+static void fork_mark_arm(void)
+{
+#ifdef MADV_WIPEONFORK
+    if (!kh_fork_page) {
+        long pg = sysconf(_SC_PAGESIZE);
+        void *p = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return;
+        if (madvise(p, (size_t)pg, MADV_WIPEONFORK) != 0) {
+            munmap(p, (size_t)pg);
+            return;
+        }
+        kh_fork_page = p;
+    }
+    *kh_fork_page = KH_FORK_MARK;
+#endif
+}
+
+void kh_fork_cleanup(void)
+{
+    if (kh_fork_page) {
+        munmap((void *)kh_fork_page, (size_t)sysconf(_SC_PAGESIZE));
+        kh_fork_page = NULL;
+    }
+}
+
 CK_RV kh_check_fork(void)
 {
     if (!kh_mod.initialized)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (kh_fork_page && *kh_fork_page == KH_FORK_MARK)
+        return CKR_OK;
     if (kh_mod.pid == getpid())
         return CKR_OK;
     /*
@@ -398,9 +448,12 @@ CK_RV kh_check_fork(void)
         tok->nsessions = tok->nrw_sessions = 0;
     }
     kh_sessions_drop_all();
+    if (!kh_mod.initialized)
+        return CKR_HOST_MEMORY;
     kh_keycache_flush_all();
     kh_backends_forked();
     kh_mod.pid = getpid();
+    fork_mark_arm();
     return CKR_OK;
 }
 
@@ -439,8 +492,15 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
         kh_mutex_free(kh_mod.lock);
         return rv;
     }
+    rv = kh_sessions_init();
+    if (rv != CKR_OK) {
+        kh_mutex_free(kh_mod.store_lock);
+        kh_mutex_free(kh_mod.lock);
+        return rv;
+    }
     kh_keycache_configure(kh_mod.cfg.cache_enabled, kh_mod.cfg.cache_max_keys, kh_mod.cfg.cache_idle_s);
     kh_mod.pid = getpid();
+    fork_mark_arm();
     kh_mod.store = NULL;
     kh_mod.initialized = true;
     return CKR_OK;
@@ -739,7 +799,7 @@ CK_RV kh_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PT
         goto out_put;
     }
     tok->key = key;
-    tok->login = userType;
+    __atomic_store_n(&tok->login, userType, __ATOMIC_RELEASE);
     kh_mutex_unlock(tok->lock);
 out_put:
     kh_session_put(s);

@@ -55,6 +55,7 @@
 #include <secp256k1_schnorrsig.h>
 
 #define KH_RSA_MIN_BITS 2048u
+#define KH_ED_READY 4u   /* ready Ed25519 signing contexts kept per key */
 #define KH_RSA_MAX_BITS 4096u
 
 struct kh_softkey {
@@ -66,6 +67,10 @@ struct kh_softkey {
     EC_KEY *ec;                    /* P-256, P-384: OpenSSL's own method */
     RSA *rsa;                      /* RSA: OpenSSL's own method, blinding on */
     EVP_PKEY *pkey;                /* Ed25519 (provider-backed) */
+    /* Ed25519: signing contexts made ready once (EVP_DigestSignInit_ex fetches
+     * the algorithm under OpenSSL's store lock), taken and put back with
+     * atomic exchanges by concurrent signers; the only mutable part of a key. */
+    EVP_MD_CTX *ed_ready[KH_ED_READY];
 };
 
 struct kh_hash_ctx {
@@ -362,6 +367,37 @@ CK_RV kh_pubkey_from_xonly(kh_pubkey *out, const uint8_t x[32])
     return CKR_OK;
 }
 
+/*
+ * BIP-340 auxiliary randomness: fresh OS randomness, drawn 1 KiB at a time
+ * per thread (one getrandom() per 32 signatures instead of one each), each
+ * 32 bytes cleared from the buffer when taken. aux only masks the secret key
+ * in the nonce derivation (BIP-340, "Default Signing"): the nonce also hashes
+ * the key and the message, so a repeated aux - e.g. in a forked child that
+ * inherited this buffer - gives at worst the same signature for the same
+ * message, as deterministic signing (all-zero aux) would, never a repeated
+ * nonce for different messages.
+ */
+#define KH_AUX_POOL 1024u
+static __thread struct {
+    uint8_t buf[KH_AUX_POOL];
+    size_t left;               /* bytes not handed out yet, at the end of buf */
+} kh_aux_pool;
+
+static CK_RV kh_aux_take(uint8_t out[32])
+{
+    if (kh_aux_pool.left < 32) {
+        CK_RV rv = kh_crypto_random(kh_aux_pool.buf, sizeof kh_aux_pool.buf);
+        if (rv != CKR_OK)
+            return rv;
+        kh_aux_pool.left = sizeof kh_aux_pool.buf;
+    }
+    uint8_t *p = kh_aux_pool.buf + sizeof kh_aux_pool.buf - kh_aux_pool.left;
+    memcpy(out, p, 32);
+    OPENSSL_cleanse(p, 32);
+    kh_aux_pool.left -= 32;
+    return CKR_OK;
+}
+
 static CK_RV kh_k1_sign(const kh_softkey *key, kh_sigop op, const kh_sigparams *params,
                         const uint8_t *data, size_t data_len, uint8_t *sig)
 {
@@ -397,7 +433,7 @@ static CK_RV kh_k1_sign(const kh_softkey *key, kh_sigop op, const kh_sigparams *
         auxp = params ? params->aux : NULL;
         if (!auxp) {
             /* BIP-340 recommends fresh auxiliary randomness per signature. */
-            rv = kh_crypto_random(aux, sizeof aux);
+            rv = kh_aux_take(aux);
             if (rv != CKR_OK)
                 return rv;
             auxp = aux;
@@ -733,28 +769,69 @@ static bool kh_ed_ctx_provided(EVP_MD_CTX *md)
     return false;
 }
 
-static CK_RV kh_ed_sign(const kh_softkey *key, const uint8_t *data, size_t data_len, uint8_t *sig)
+/* A new signing context for key: engine check, init, provider check. */
+static CK_RV kh_ed_ctx_new(EVP_MD_CTX **out, const kh_softkey *key)
 {
     EVP_MD_CTX *md = NULL;
-    size_t len = 64;
     CK_RV rv = kh_ed_engine_free();
 
+    *out = NULL;
     if (rv != CKR_OK)
         return rv;
     md = EVP_MD_CTX_new();
     if (!md || EVP_DigestSignInit_ex(md, NULL, NULL, kh_ossl_libctx(), NULL, key->pkey, NULL) != 1) {
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 sign setup");
-        goto out;
+        EVP_MD_CTX_free(md);
+        return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 sign setup");
     }
     if (!kh_ed_ctx_provided(md)) {
-        rv = CKR_FUNCTION_FAILED;
-        goto out;
+        EVP_MD_CTX_free(md);
+        return CKR_FUNCTION_FAILED;
     }
-    if (EVP_DigestSign(md, sig, &len, data, data_len) != 1 || len != 64)
-        rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 sign");
-out:
+    *out = md;
+    return CKR_OK;
+}
+
+/*
+ * Ed25519 signing reuses a context made ready for the key (one-shot
+ * EVP_DigestSign keeps no state between calls in OpenSSL 3.0). The engine and
+ * provider checks run whenever a context is made: a ready context is bound
+ * to the default provider's implementation and no engine can intercept it.
+ * Should a reused context fail (an OpenSSL that refuses a second one-shot
+ * call), a fresh one is made and the signature retried once.
+ */
+static CK_RV kh_ed_sign(const kh_softkey *key, const uint8_t *data, size_t data_len, uint8_t *sig)
+{
+    kh_softkey *k = (kh_softkey *)key;   /* only the ready-context slots change */
+    EVP_MD_CTX *md = NULL;
+    size_t len = 64;
+    bool reused = false;
+    CK_RV rv = CKR_OK;
+
+    for (unsigned i = 0; i < KH_ED_READY && !md; i++)
+        md = __atomic_exchange_n(&k->ed_ready[i], NULL, __ATOMIC_ACQ_REL);
+    reused = md != NULL;
+    if (!md && (rv = kh_ed_ctx_new(&md, key)) != CKR_OK)
+        return rv;
+    if (EVP_DigestSign(md, sig, &len, data, data_len) != 1 || len != 64) {
+        ERR_clear_error();
+        EVP_MD_CTX_free(md);
+        md = NULL;
+        len = 64;
+        if (!reused || (rv = kh_ed_ctx_new(&md, key)) != CKR_OK)
+            return reused ? rv : kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 sign");
+        if (EVP_DigestSign(md, sig, &len, data, data_len) != 1 || len != 64) {
+            EVP_MD_CTX_free(md);
+            return kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "Ed25519 sign");
+        }
+    }
+    for (unsigned i = 0; i < KH_ED_READY && md; i++) {
+        EVP_MD_CTX *none = NULL;
+        if (__atomic_compare_exchange_n(&k->ed_ready[i], &none, md, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED))
+            md = NULL;
+    }
     EVP_MD_CTX_free(md);
-    return rv;
+    return CKR_OK;
 }
 
 static CK_RV kh_ed_verify(const kh_pubkey *pub, const uint8_t *data, size_t data_len,
@@ -1322,6 +1399,8 @@ void kh_softkey_free(kh_softkey *key)
     if (!key)
         return;
     /* OpenSSL clears private key material on free. */
+    for (unsigned i = 0; i < KH_ED_READY; i++)
+        EVP_MD_CTX_free(key->ed_ready[i]);
     EC_KEY_free(key->ec);
     RSA_free(key->rsa);
     EVP_PKEY_free(key->pkey);

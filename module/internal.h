@@ -3,8 +3,11 @@
  *
  * Lock order (take left before right, never the reverse):
  *     global (kh_mod.lock) -> token (tok->lock) -> session (s->lock) -> store (kh_mod.store_lock)
- * The key cache has its own leaf lock (keycache.c). No TPM, socket or
- * store I/O under the global lock: the store has its own mutex.
+ * The key cache has its own leaf lock (keycache.c), and so do the resolved-key
+ * cache (object.c) and the session table's stripes (session.c: a stripe is
+ * taken alone to look a session up, or under the global lock to add or remove
+ * one). No TPM, socket or store I/O under the global lock: the store has its
+ * own mutex.
  *
  * Suffixes: _locked = the caller holds the lock named in the comment;
  * _take = ownership of the argument moves to the callee.
@@ -57,9 +60,11 @@ typedef struct kh_token {
     int64_t id;                 /* slot id = token id */
     kh_token_rec rec;           /* refreshed from the store on C_GetTokenInfo */
     kh_mutex *lock;
-    CK_USER_TYPE login;         /* KH_NOT_LOGGED_IN, CKU_USER or CKU_SO */
+    CK_USER_TYPE login;         /* KH_NOT_LOGGED_IN, CKU_USER or CKU_SO; written under lock,
+                                   read lock-free (__atomic) on the signing path */
     uint8_t *key;               /* token key (KH_TOKEN_KEY_LEN, secmem) while logged in */
-    uint64_t login_gen;         /* bumped on every logout: cache entries of older gens are dead */
+    uint64_t login_gen;         /* bumped on every logout: cache entries of older gens are dead
+                                   (written under lock, read with __atomic_load) */
     CK_ULONG nsessions, nrw_sessions;
 } kh_token;
 
@@ -89,8 +94,8 @@ typedef struct kh_session {
     struct kh_sign_op *verify;  /* active C_VerifyInit, or NULL */
     struct kh_digest_op *digest;
     struct kh_find_op *find;
-    unsigned refs;              /* under the global lock; freed at 0 */
-    bool closed;
+    unsigned refs;              /* under the session table's stripe lock; freed at 0 */
+    bool closed;                /* set under the global lock and the stripe lock */
 } kh_session;
 
 /*
@@ -198,15 +203,18 @@ CK_RV kh_store_acquire(kh_store **out);
 void kh_store_release(void);
 /* True in a forked child whose state has not been rebuilt yet: rebuild it. */
 CK_RV kh_check_fork(void);
+/* Module unload: unmap the fork-detection page. */
+void kh_fork_cleanup(void);
 
 /* Length query / CKR_BUFFER_TOO_SMALL for arrays of CK_ULONG (slots, mechanisms, handles). */
 CK_RV kh_out_ulongs(CK_ULONG_PTR out, CK_ULONG_PTR count, const CK_ULONG *vals, size_t n);
 /* The same for byte strings: pOut NULL -> length; too small -> CKR_BUFFER_TOO_SMALL. */
 CK_RV kh_out_bytes(CK_BYTE_PTR out, CK_ULONG_PTR len, const uint8_t *val, size_t n);
 
-/* Teardown (core.c calls these). */
-void kh_sessions_drop_all(void);   /* fork child: forget without touching locks */
-void kh_sessions_free_all(void);   /* C_Finalize */
+/* Setup and teardown (core.c calls these). */
+CK_RV kh_sessions_init(void);      /* C_Initialize: the table's stripe locks */
+void kh_sessions_drop_all(void);   /* fork child: forget without touching locks, new stripe locks */
+void kh_sessions_free_all(void);   /* C_Finalize: sessions and stripe locks */
 void kh_objects_free_all(void);    /* session objects */
 void kh_objects_drop_token(int64_t token_id);
 void kh_objects_drop_session(CK_SESSION_HANDLE h);

@@ -8,7 +8,11 @@
  *
  * Resolved keys are cached per process by handle and dropped whenever the
  * store reports a write by another connection (PRAGMA data_version) or this
- * process writes.
+ * process writes. C_SignInit must not act on a key another process has
+ * deleted or changed once that write has committed, so every resolution
+ * checks; the check is lock-free when nothing was committed since the last
+ * one (keys_fresh: the store's WAL-index stamp, a few loads from shared
+ * memory), and only a changed stamp takes the store lock and asks SQLite.
  */
 #include "internal.h"
 #include "policy.h"
@@ -456,8 +460,13 @@ static void key_unref(kh_key *key)
     }
 }
 
+/* Bumped by every flush: a key loaded from the store before a flush is not
+ * cached after it (it may be what the flush was about). Under keys_lock. */
+static uint64_t keys_gen;
+
 static void keys_flush_locked(void)
 {
+    keys_gen++;
     for (size_t b = 0; b < KH_KEYS_BUCKETS; b++) {
         struct kh_key_node *n = key_nodes[b];
         while (n) {
@@ -494,6 +503,77 @@ static void keys_flush(void)
 static void keys_invalidate(void)
 {
     keys_flush();
+}
+
+/*
+ * The stamp at which the cache was last checked against the store, written
+ * under the store lock (a sequence count, odd while it is being written) and
+ * read without a lock by keys_fresh.
+ */
+static struct {
+    unsigned seq;
+    unsigned valid;
+    uint32_t w[sizeof(kh_store_stamp) / sizeof(uint32_t)];
+} keys_seen;
+
+/* Caller holds the store lock (which serialises writers). */
+static void keys_seen_publish_locked(const kh_store_stamp *stamp, bool valid)
+{
+    unsigned s = __atomic_load_n(&keys_seen.seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&keys_seen.seq, s + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&keys_seen.valid, valid ? 1u : 0u, __ATOMIC_RELAXED);
+    for (size_t i = 0; valid && i < sizeof keys_seen.w / sizeof keys_seen.w[0]; i++)
+        __atomic_store_n(&keys_seen.w[i], stamp->w[i], __ATOMIC_RELAXED);
+    __atomic_store_n(&keys_seen.seq, s + 2, __ATOMIC_RELEASE);
+}
+
+/*
+ * True when nothing was committed to the store since the cache was last
+ * checked against it: the store's stamp now equals the one published after
+ * that check. False (check with the store) when unsure.
+ */
+static bool keys_fresh(void)
+{
+    kh_store *st = __atomic_load_n(&kh_mod.store, __ATOMIC_ACQUIRE);
+    kh_store_stamp now;
+    uint32_t seen[sizeof keys_seen.w / sizeof keys_seen.w[0]];
+    unsigned s1, s2, valid;
+
+    if (!st || !kh_store_stamp_read(st, &now))
+        return false;
+    s1 = __atomic_load_n(&keys_seen.seq, __ATOMIC_ACQUIRE);
+    if (s1 & 1u)
+        return false;
+    valid = __atomic_load_n(&keys_seen.valid, __ATOMIC_RELAXED);
+    for (size_t i = 0; i < sizeof seen / sizeof seen[0]; i++)
+        seen[i] = __atomic_load_n(&keys_seen.w[i], __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    s2 = __atomic_load_n(&keys_seen.seq, __ATOMIC_RELAXED);
+    return s1 == s2 && valid && memcmp(seen, now.w, sizeof seen) == 0;
+}
+
+/*
+ * The slow path: under the store lock, read the stamp, then ask SQLite
+ * whether another connection wrote (PRAGMA data_version), drop the cache if
+ * so, and only then publish the stamp. The stamp is read before the question
+ * so that it never covers a commit the question did not see; the flush
+ * happens before the publication (and both under the store lock) so that no
+ * thread can find the new stamp fresh while stale keys are still cached.
+ */
+static CK_RV keys_check_store(void)
+{
+    kh_store *st;
+    kh_store_stamp stamp;
+    CK_RV rv = kh_store_acquire(&st);
+    if (rv != CKR_OK)
+        return rv;
+    bool have = kh_store_stamp_read(st, &stamp);
+    if (kh_store_changed(st))
+        keys_flush();
+    keys_seen_publish_locked(&stamp, have);
+    kh_store_release();
+    return CKR_OK;
 }
 
 void kh_key_free(kh_key *key)
@@ -567,15 +647,12 @@ CK_RV kh_object_key(kh_key **out, kh_session *s, CK_OBJECT_HANDLE h)
     kh_obj_rec rec;
     CK_RV rv;
     if (is_token_handle(h)) {
-        kh_store *st;
-        rv = kh_store_acquire(&st);
-        if (rv != CKR_OK)
-            return rv;
-        bool changed = kh_store_changed(st);
-        kh_store_release();
+        if (!keys_fresh()) {
+            rv = keys_check_store();
+            if (rv != CKR_OK)
+                return rv;
+        }
         kh_mutex_lock(l);
-        if (changed)
-            keys_flush_locked();
         kh_key *hit = NULL;
         for (struct kh_key_node *n = key_nodes[h % KH_KEYS_BUCKETS]; n; n = n->next)
             if (n->key->handle == h) {
@@ -593,6 +670,12 @@ CK_RV kh_object_key(kh_key **out, kh_session *s, CK_OBJECT_HANDLE h)
             return CKR_OK;
         }
     }
+    uint64_t gen = 0;
+    if (is_token_handle(h)) {
+        kh_mutex_lock(l);
+        gen = keys_gen;
+        kh_mutex_unlock(l);
+    }
     rv = obj_load(&rec, s, h);
     if (rv != CKR_OK)
         return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
@@ -605,11 +688,15 @@ CK_RV kh_object_key(kh_key **out, kh_session *s, CK_OBJECT_HANDLE h)
         struct kh_key_node *node = malloc(sizeof *node);
         if (node) {
             kh_mutex_lock(l);
-            node->key = key;
-            key->refs++;
-            node->next = key_nodes[h % KH_KEYS_BUCKETS];
-            key_nodes[h % KH_KEYS_BUCKETS] = node;
+            if (keys_gen == gen) {
+                node->key = key;
+                key->refs++;
+                node->next = key_nodes[h % KH_KEYS_BUCKETS];
+                key_nodes[h % KH_KEYS_BUCKETS] = node;
+                node = NULL;
+            }
             kh_mutex_unlock(l);
+            free(node);
         }
     }
     *out = key;
@@ -629,8 +716,14 @@ static CK_RV check_write(kh_session *s, bool token, bool priv)
     return CKR_OK;
 }
 
-/* Store one or two records (token or session); out handles. */
-static CK_RV objs_insert(kh_session *s, kh_obj_rec *recs, size_t n, CK_OBJECT_HANDLE *handles)
+/*
+ * Store one or two records (token or session); out handles. With event, the
+ * token records and an audit row of that event go in one transaction (one
+ * commit, one fsync): its detail names the last token record's handle,
+ * then detail_tail.
+ */
+static CK_RV objs_insert(kh_session *s, kh_obj_rec *recs, size_t n, CK_OBJECT_HANDLE *handles,
+                         const char *event, const char *detail_tail)
 {
     size_t ntok = 0;
     for (size_t i = 0; i < n; i++) {
@@ -652,7 +745,10 @@ static CK_RV objs_insert(kh_session *s, kh_obj_rec *recs, size_t n, CK_OBJECT_HA
         CK_RV rv = kh_store_acquire(&st);
         if (rv != CKR_OK)
             return rv;
-        rv = kh_store_obj_insert_many(st, ids, batch, k);
+        if (event)
+            rv = kh_store_obj_insert_audited(st, ids, batch, k, s->tok->id, event, detail_tail);
+        else
+            rv = kh_store_obj_insert_many(st, ids, batch, k);
         kh_store_release();
         if (rv != CKR_OK)
             return rv;
@@ -870,17 +966,10 @@ static CK_RV create_remote_key(kh_session *s, const CK_ATTRIBUTE *t, CK_ULONG n,
         rv = rec_seal(&rec, s, blob, blob_len);
     if (rv != CKR_OK)
         goto out;
-    rv = objs_insert(s, &rec, 1, out);
-    if (rv == CKR_OK && token) {
+    /* The row and its audit row in one transaction (one fsync). */
+    rv = objs_insert(s, &rec, 1, out, "register-remote-key", "backend=remote");
+    if (rv == CKR_OK && token)
         keys_invalidate();
-        kh_store *st;
-        if (kh_store_acquire(&st) == CKR_OK) {
-            char detail[48];
-            snprintf(detail, sizeof detail, "handle=%lu backend=remote", *out);
-            kh_store_audit(st, s->tok->id, "register-remote-key", detail);
-            kh_store_release();
-        }
-    }
 out:
     if (blob)
         kh_crypto_secret_free(blob, blob_len);
@@ -976,7 +1065,7 @@ CK_RV kh_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK
         if (rv != CKR_OK)
             goto out;
     }
-    rv = objs_insert(s, &rec, 1, phObject);
+    rv = objs_insert(s, &rec, 1, phObject, NULL, NULL);
     if (rv == CKR_OK && token)
         keys_invalidate();
 out:
@@ -1102,18 +1191,12 @@ CK_RV kh_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism
     if (rv != CKR_OK)
         goto out;
     CK_OBJECT_HANDLE handles[2];
-    rv = objs_insert(s, recs, 2, handles);
+    char tail[48];
+    snprintf(tail, sizeof tail, "backend=%s", ops->name);
+    /* One transaction for the token rows and their audit row: one fsync. */
+    rv = objs_insert(s, recs, 2, handles, "generate-key-pair", tail);
     if (rv != CKR_OK)
         goto out;
-    if (pub_token || priv_token) {
-        kh_store *st;
-        if (kh_store_acquire(&st) == CKR_OK) {
-            char detail[64];
-            snprintf(detail, sizeof detail, "handle=%lu backend=%s", handles[1], ops->name);
-            kh_store_audit(st, s->tok->id, "generate-key-pair", detail);
-            kh_store_release();
-        }
-    }
     kh_log(KH_LOG_DEBUG, "token %lld: generated key pair %lu/%lu on %s", (long long)s->tok->id, handles[0],
            handles[1], ops->name);
     *phPublicKey = handles[0];

@@ -907,6 +907,7 @@ __attribute__((destructor)) static void kh_unload(void)
     kh_seal_cleanup();
     kh_ossl_cleanup();
     kh_secmem_cleanup();
+    kh_fork_cleanup();
 }
 
 static CK_INTERFACE kh_interfaces[] = {

@@ -1,7 +1,14 @@
 /*
- * Sessions: a table of handle -> kh_session under the global lock. Callers
- * take a reference with kh_session_get() so a concurrent C_CloseSession
- * cannot free a session in use; the last kh_session_put() frees it.
+ * Sessions: a table of handle -> kh_session. Callers take a reference with
+ * kh_session_get() so a concurrent C_CloseSession cannot free a session in
+ * use; the last kh_session_put() frees it.
+ *
+ * Every Cryptoki call on a session looks it up and releases it, twice per
+ * signature, so the lookup must not serialise threads that each use their
+ * own session: the buckets are guarded by KH_SESSION_STRIPES stripe locks
+ * (bucket b by stripe b % KH_SESSION_STRIPES). A lookup and a reference
+ * change take the session's stripe alone; adding or removing a session takes
+ * the global lock (for the token's session counts) and then the stripe.
  */
 #include "internal.h"
 
@@ -9,6 +16,7 @@
 #include <string.h>
 
 #define KH_SESSION_BUCKETS 1024
+#define KH_SESSION_STRIPES 64
 
 typedef struct kh_session_node {
     kh_session *s;
@@ -16,11 +24,32 @@ typedef struct kh_session_node {
 } kh_session_node;
 
 static kh_session_node *buckets[KH_SESSION_BUCKETS];
+static kh_mutex *stripes[KH_SESSION_STRIPES];
 static CK_SESSION_HANDLE next_handle = 1;
 
 static size_t bucket_of(CK_SESSION_HANDLE h)
 {
     return (size_t)(h % KH_SESSION_BUCKETS);
+}
+
+static kh_mutex *stripe_of(CK_SESSION_HANDLE h)
+{
+    return stripes[bucket_of(h) % KH_SESSION_STRIPES];
+}
+
+CK_RV kh_sessions_init(void)
+{
+    for (size_t i = 0; i < KH_SESSION_STRIPES; i++) {
+        CK_RV rv = kh_mutex_new(&stripes[i]);
+        if (rv != CKR_OK) {
+            while (i > 0) {
+                kh_mutex_free(stripes[--i]);
+                stripes[i] = NULL;
+            }
+            return rv;
+        }
+    }
+    return CKR_OK;
 }
 
 static void session_free(kh_session *s)
@@ -37,7 +66,8 @@ CK_RV kh_session_get(kh_session **out, CK_SESSION_HANDLE h)
     if (rv != CKR_OK)
         return rv;
     rv = CKR_SESSION_HANDLE_INVALID;
-    kh_mutex_lock(kh_mod.lock);
+    kh_mutex *l = stripe_of(h);
+    kh_mutex_lock(l);
     for (kh_session_node *n = buckets[bucket_of(h)]; n; n = n->next) {
         if (n->s->handle == h && !n->s->closed) {
             n->s->refs++;
@@ -46,15 +76,16 @@ CK_RV kh_session_get(kh_session **out, CK_SESSION_HANDLE h)
             break;
         }
     }
-    kh_mutex_unlock(kh_mod.lock);
+    kh_mutex_unlock(l);
     return rv;
 }
 
 void kh_session_put(kh_session *s)
 {
-    kh_mutex_lock(kh_mod.lock);
+    kh_mutex *l = stripe_of(s->handle);
+    kh_mutex_lock(l);
     bool last = --s->refs == 0;
-    kh_mutex_unlock(kh_mod.lock);
+    kh_mutex_unlock(l);
     if (last)
         session_free(s);
 }
@@ -115,8 +146,11 @@ CK_RV kh_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication
     kh_mutex_lock(kh_mod.lock);
     s->handle = next_handle++;
     size_t b = bucket_of(s->handle);
+    kh_mutex *l = stripe_of(s->handle);
+    kh_mutex_lock(l);
     node->next = buckets[b];
     buckets[b] = node;
+    kh_mutex_unlock(l);
     tok->nsessions++;
     if (flags & CKF_RW_SESSION)
         tok->nrw_sessions++;
@@ -125,19 +159,23 @@ CK_RV kh_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication
     return CKR_OK;
 }
 
-/* Unlink s from the table. Caller holds kh_mod.lock. Returns true if it was the
- * token's last session. */
+/* Unlink s from the table and drop the table's reference. Caller holds
+ * kh_mod.lock. Returns true if it was the token's last session. */
 static bool session_unlink_locked(kh_session *s)
 {
-    kh_session_node **pp = &buckets[bucket_of(s->handle)];
+    kh_session_node **pp = &buckets[bucket_of(s->handle)], *n = NULL;
+    kh_mutex *l = stripe_of(s->handle);
+    kh_mutex_lock(l);
     while (*pp && (*pp)->s != s)
         pp = &(*pp)->next;
     if (*pp) {
-        kh_session_node *n = *pp;
+        n = *pp;
         *pp = n->next;
-        free(n);
     }
     s->closed = true;
+    s->refs--; /* the table's reference; the caller still holds one */
+    kh_mutex_unlock(l);
+    free(n);
     s->tok->nsessions--;
     if (s->flags & CKF_RW_SESSION)
         s->tok->nrw_sessions--;
@@ -153,10 +191,8 @@ CK_RV kh_CloseSession(CK_SESSION_HANDLE hSession)
     kh_mutex_lock(kh_mod.lock);
     bool last = false;
     bool mine = !s->closed;
-    if (mine) {
+    if (mine)
         last = session_unlink_locked(s);
-        s->refs--; /* the table's reference */
-    }
     kh_mutex_unlock(kh_mod.lock);
     if (mine) {
         kh_objects_drop_session(hSession);
@@ -215,8 +251,12 @@ CK_RV kh_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
 void kh_sessions_drop_all(void)
 {
     /* fork child: the parent's sessions are not ours; forget them (leak the
-     * memory rather than take locks another thread may have held) */
+     * memory rather than take locks another thread may have held), and leave
+     * the parent's stripe locks, which such a thread may hold, for new ones */
     memset(buckets, 0, sizeof buckets);
+    memset(stripes, 0, sizeof stripes);
+    if (kh_sessions_init() != CKR_OK)
+        kh_mod.initialized = false;
 }
 
 void kh_sessions_free_all(void)
@@ -232,5 +272,9 @@ void kh_sessions_free_all(void)
             n = next;
         }
         buckets[b] = NULL;
+    }
+    for (size_t i = 0; i < KH_SESSION_STRIPES; i++) {
+        kh_mutex_free(stripes[i]);
+        stripes[i] = NULL;
     }
 }

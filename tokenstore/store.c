@@ -191,7 +191,11 @@ struct kh_store {
     sqlite3_stmt *stmt[KH_ST_COUNT];
     sqlite3_stmt *find[KH_FIND_SHAPES];
     int64_t data_version;
+    const volatile uint32_t *wal_hdr;   /* WAL-index header in SQLite's -shm mapping, or NULL */
 };
+
+static void kh_store_map_wal_hdr(kh_store *st);
+static CK_RV kh_find_stmt(kh_store *st, sqlite3_stmt **out, unsigned shape);
 
 /* ---- errors ---- */
 
@@ -523,6 +527,19 @@ CK_RV kh_store_open(kh_store **out, const char *dir)
     rv = kh_store_pragma_int(st, "PRAGMA data_version", &st->data_version);
     if (rv != CKR_OK)
         goto out_close;
+    kh_store_map_wal_hdr(st);
+    /* The lookups applications make first (by label or CKA_ID, with or
+     * without the class) are prepared now, with the connection, so that the
+     * first C_FindObjectsInit of a process does not pay for parsing and
+     * planning. A failure here only means they are prepared on first use. */
+    static const unsigned warm[] = {
+        KH_FIND_TOKEN | KH_FIND_CLASS | KH_FIND_LABEL, KH_FIND_TOKEN | KH_FIND_CLASS | KH_FIND_CKID,
+        KH_FIND_TOKEN | KH_FIND_LABEL, KH_FIND_TOKEN | KH_FIND_CKID,
+    };
+    for (size_t i = 0; i < sizeof warm / sizeof warm[0]; i++) {
+        sqlite3_stmt *unused;
+        (void)kh_find_stmt(st, &unused, warm[i]);
+    }
     *out = st;
     return CKR_OK;
 
@@ -584,6 +601,55 @@ CK_RV kh_store_default_dir(char *buf, size_t buflen)
         return CKR_BUFFER_TOO_SMALL;
     }
     return CKR_OK;
+}
+
+/* The WAL-index header: two 48-byte copies at the start of region 0 (32 KiB)
+ * of the -shm mapping. iVersion of the format this code knows. */
+#define KH_WALINDEX_REGION 32768
+#define KH_WALINDEX_VERSION 3007000u
+#define KH_WALHDR_WORDS 12
+
+/*
+ * Find the WAL-index header through SQLite's own mapping (xShmMap on the
+ * main database file, region 0, not extending it). The region stays mapped
+ * while the connection is open. Without it (a VFS with no shared memory),
+ * wal_hdr stays NULL and every stamp read fails: callers use the slow path.
+ */
+static void kh_store_map_wal_hdr(kh_store *st)
+{
+    sqlite3_file *fp = NULL;
+    void volatile *p = NULL;
+
+    st->wal_hdr = NULL;
+    if (sqlite3_file_control(st->db, "main", SQLITE_FCNTL_FILE_POINTER, &fp) != SQLITE_OK || !fp ||
+        !fp->pMethods || fp->pMethods->iVersion < 2 || !fp->pMethods->xShmMap)
+        return;
+    if (fp->pMethods->xShmMap(fp, 0, KH_WALINDEX_REGION, 0, &p) != SQLITE_OK || !p)
+        return;
+    st->wal_hdr = (const volatile uint32_t *)p;
+}
+
+bool kh_store_stamp_read(const kh_store *st, kh_store_stamp *out)
+{
+    const volatile uint32_t *h = st ? st->wal_hdr : NULL;
+    uint32_t a[KH_WALHDR_WORDS], b[KH_WALHDR_WORDS];
+
+    if (!h)
+        return false;
+    /* SQLite writes the second copy, a barrier, then the first; readers read
+     * the first, a barrier, the second, and trust them only when equal. */
+    for (int i = 0; i < KH_WALHDR_WORDS; i++)
+        a[i] = h[i];
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (int i = 0; i < KH_WALHDR_WORDS; i++)
+        b[i] = h[KH_WALHDR_WORDS + i];
+    if (memcmp(a, b, sizeof a) != 0 || a[0] != KH_WALINDEX_VERSION)
+        return false;
+    /* isInit is the first byte of word 3 (after iVersion, unused, iChange). */
+    if (((const uint8_t *)a)[12] == 0)
+        return false;
+    memcpy(out->w, a, sizeof a);
+    return true;
 }
 
 bool kh_store_changed(kh_store *st)
@@ -1394,10 +1460,13 @@ CK_RV kh_store_obj_insert(kh_store *st, int64_t *out_id, const kh_obj_rec *rec)
     return kh_obj_insert_one(st, out_id, rec);
 }
 
-CK_RV kh_store_obj_insert_many(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n)
+/* Both inserts: n records, and the audit row when event is not NULL. */
+static CK_RV kh_obj_insert_tx(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n,
+                              int64_t token_id, const char *event, const char *detail_tail)
 {
     CK_RV rv;
     size_t i;
+    int64_t last = 0;
 
     if (!st || (!recs && n))
         return CKR_ARGUMENTS_BAD;
@@ -1407,7 +1476,21 @@ CK_RV kh_store_obj_insert_many(kh_store *st, int64_t *out_ids, const kh_obj_rec 
     if (rv != CKR_OK)
         return rv;
     for (i = 0; i < n; i++) {
-        rv = kh_obj_insert_one(st, out_ids ? &out_ids[i] : NULL, &recs[i]);
+        rv = kh_obj_insert_one(st, &last, &recs[i]);
+        if (rv != CKR_OK)
+            goto out_rollback;
+        if (out_ids)
+            out_ids[i] = last;
+    }
+    if (event) {
+        char detail[160];
+        int len = snprintf(detail, sizeof detail, "handle=%lld%s%s", (long long)last,
+                           detail_tail ? " " : "", detail_tail ? detail_tail : "");
+        if (len < 0 || (size_t)len >= sizeof detail) {
+            rv = CKR_ARGUMENTS_BAD;
+            goto out_rollback;
+        }
+        rv = kh_store_audit(st, token_id, event, detail);
         if (rv != CKR_OK)
             goto out_rollback;
     }
@@ -1422,6 +1505,19 @@ out_clear:
     if (out_ids)
         memset(out_ids, 0, n * sizeof *out_ids);
     return rv;
+}
+
+CK_RV kh_store_obj_insert_many(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n)
+{
+    return kh_obj_insert_tx(st, out_ids, recs, n, 0, NULL, NULL);
+}
+
+CK_RV kh_store_obj_insert_audited(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n,
+                                  int64_t token_id, const char *event, const char *detail_tail)
+{
+    if (!event)
+        return CKR_ARGUMENTS_BAD;
+    return kh_obj_insert_tx(st, out_ids, recs, n, token_id, event, detail_tail);
 }
 
 CK_RV kh_store_obj_get(kh_store *st, kh_obj_rec *out, int64_t id)

@@ -87,6 +87,29 @@ CK_RV kh_store_default_dir(char *buf, size_t buflen);
 /* True when another connection has written since the last call (PRAGMA data_version). */
 bool kh_store_changed(kh_store *st);
 
+/*
+ * A stamp of the database: the WAL-index header, which every transaction any
+ * connection (of any process) commits changes. kh_store_stamp_read reads it
+ * from the shared memory SQLite maps for the WAL (the -shm file), without a
+ * SQLite call, a lock or a system call, so a hot path can tell "nothing was
+ * committed since stamp S" at the cost of a few loads; anything else goes
+ * through kh_store_changed.
+ *
+ * Thread-safe and lock-free: may be called from any thread while st is open,
+ * concurrently with any other call on st. Returns false when the stamp cannot
+ * be read consistently (a writer is updating the header, or the connection has
+ * no WAL-index mapping): the caller must then take the slow path.
+ *
+ * The layout read is SQLite's documented WAL-index header (file format
+ * "walformat", version 3007000), reached through the public VFS method
+ * xShmMap on the connection's own file handle: no second file descriptor on
+ * the -shm file (closing one would drop SQLite's POSIX locks).
+ */
+typedef struct kh_store_stamp {
+    uint32_t w[12];
+} kh_store_stamp;
+bool kh_store_stamp_read(const kh_store *st, kh_store_stamp *out);
+
 /* Tokens. list returns a malloc'd array (free()). get: CKR_SLOT_ID_INVALID if none. */
 CK_RV kh_store_token_list(kh_store *st, kh_token_rec **out, size_t *n);
 CK_RV kh_store_token_get(kh_store *st, kh_token_rec *out, int64_t id);
@@ -128,6 +151,14 @@ CK_RV kh_store_token_set_default_backend(kh_store *st, int64_t token_id, CK_ULON
 CK_RV kh_store_obj_insert(kh_store *st, int64_t *out_id, const kh_obj_rec *rec);
 /* Insert n records in one transaction (bulk builds, key pairs). out_ids may be NULL. */
 CK_RV kh_store_obj_insert_many(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n);
+/*
+ * The same, with one audit row in the same transaction (one commit: with
+ * synchronous=FULL, one fsync for a generated key pair and its event). The
+ * row's detail is "handle=<id of recs[n-1]>", then a blank and detail_tail
+ * when that is not NULL; token_id 0 leaves the row without a token.
+ */
+CK_RV kh_store_obj_insert_audited(kh_store *st, int64_t *out_ids, const kh_obj_rec *recs, size_t n,
+                                  int64_t token_id, const char *event, const char *detail_tail);
 /* Load one object. CKR_OBJECT_HANDLE_INVALID if no such row. Free with kh_obj_rec_clear(). */
 CK_RV kh_store_obj_get(kh_store *st, kh_obj_rec *out, int64_t id);
 /* Replace the attribute set (and indexed columns) of object id. */

@@ -11,8 +11,8 @@ packages=(
     opensc gnutls-bin libengine-pkcs11-openssl openssh-client openssl p11-kit
     # TPM simulator and tools
     swtpm swtpm-tools tpm2-tools
-    # a second PKCS#11 module to compare against
-    softhsm2
+    # other PKCS#11 modules keyhold-bench compares against (tpm2_ptool sets up tpm2-pkcs11)
+    softhsm2 libtpm2-pkcs11-1 libtpm2-pkcs11-tools
     # independent verifiers and helpers
     xxd jq ca-certificates
 )

@@ -284,10 +284,14 @@ static void test_import_ed25519(void)
     KH_CHECK(pub.alg == KH_ALG_ED25519 && pub.point_len == 32);
     KH_CHECK_MEM(pub.point, want_pub, 32);
     KH_CHECK_RV(kh_softkey_load(&key, KH_ALG_ED25519, seed, 32), CKR_OK);
-    KH_CHECK_RV(kh_softkey_sign(key, KH_OP_EDDSA, NULL, NULL, 0, sig, &siglen), CKR_OK);
-    KH_CHECK(siglen == 64);
-    KH_CHECK_MEM(sig, want_sig, 64);
-    KH_CHECK_RV(kh_crypto_verify(&pub, KH_OP_EDDSA, NULL, NULL, 0, sig, 64), CKR_OK);
+    /* twice: the second signature reuses the key's ready signing context */
+    for (int i = 0; i < 2; i++) {
+        siglen = sizeof sig;
+        KH_CHECK_RV(kh_softkey_sign(key, KH_OP_EDDSA, NULL, NULL, 0, sig, &siglen), CKR_OK);
+        KH_CHECK(siglen == 64);
+        KH_CHECK_MEM(sig, want_sig, 64);
+        KH_CHECK_RV(kh_crypto_verify(&pub, KH_OP_EDDSA, NULL, NULL, 0, sig, 64), CKR_OK);
+    }
     kh_softkey_free(key);
     KH_CHECK_RV(kh_crypto_import(&pub, NULL, NULL, KH_ALG_ED25519, seed, 31), CKR_ATTRIBUTE_VALUE_INVALID);
     KH_CHECK_RV(kh_crypto_import(&pub, NULL, NULL, KH_ALG_ED25519, seed, 0), CKR_ATTRIBUTE_VALUE_INVALID);
@@ -536,6 +540,29 @@ static void test_k1_low_s(void)
         KH_CHECK_RV(kh_crypto_verify(&pub, KH_OP_ECDSA_RECOVER, NULL, d, 32, hs, 65), CKR_SIGNATURE_INVALID);
     }
     KH_CHECK(high == 0);
+    kh_softkey_free(key);
+}
+
+/* BIP-340 without an aux parameter draws fresh aux for every signature
+ * (across the per-thread pool's refills): same message, new signature. */
+static void test_bip340_fresh_aux(void)
+{
+    kh_pubkey pub;
+    kh_softkey *key = NULL;
+    uint8_t m[32], sigs[80][64];
+    size_t l;
+
+    gen_load(KH_ALG_SECP256K1, 0, &pub, &key);
+    if (!key)
+        return;
+    fill_rand(m, sizeof m);
+    for (int i = 0; i < 80; i++) {
+        KH_CHECK_RV(sign(key, KH_OP_BIP340, NULL, m, 32, sigs[i], &l), CKR_OK);
+        KH_CHECK(l == 64);
+        KH_CHECK_RV(kh_crypto_verify(&pub, KH_OP_BIP340, NULL, m, 32, sigs[i], 64), CKR_OK);
+        for (int j = 0; j < i; j++)
+            KH_CHECK(memcmp(sigs[i], sigs[j], 64) != 0);
+    }
     kh_softkey_free(key);
 }
 
@@ -1077,6 +1104,7 @@ int main(int argc, char **argv)
     kh_test_register("/crypto/roundtrip/rsa4096", test_roundtrip_rsa4096);
     kh_test_register("/crypto/secp256k1/low-s", test_k1_low_s);
     kh_test_register("/crypto/secp256k1/recover", test_k1_recover);
+    kh_test_register("/crypto/secp256k1/bip340-fresh-aux", test_bip340_fresh_aux);
     kh_test_register("/crypto/secp256k1/truncation", test_k1_truncation);
     kh_test_register("/crypto/p256/truncation", test_p256_truncation);
     kh_test_register("/crypto/errors/data-len", test_errors_data_len);

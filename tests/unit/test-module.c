@@ -1244,6 +1244,57 @@ static void test_fork(void)
     mod_fini();
 }
 
+/* ---- writes by another process ---- */
+
+static CK_OBJECT_HANDLE foreign_del, foreign_mod;
+
+/* Exit codes: 1 init, 2 session/login, 3 destroy, 4 set CKA_SIGN, 5 finalize. */
+static int child_foreign_write(void)
+{
+    CK_SESSION_HANDLE s;
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE a = { CKA_SIGN, &no, sizeof no };
+    if (F->C_Initialize(NULL) != CKR_OK)
+        return 1;
+    if (F->C_OpenSession(fork_slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s) != CKR_OK ||
+        login_user(s) != CKR_OK)
+        return 2;
+    if (F->C_DestroyObject(s, foreign_del) != CKR_OK)
+        return 3;
+    if (F->C_SetAttributeValue(s, foreign_mod, &a, 1) != CKR_OK)
+        return 4;
+    return F->C_Finalize(NULL) == CKR_OK ? 0 : 5;
+}
+
+/*
+ * A key deleted or changed by another process is never used in its old state
+ * once that write has committed, even though this process has it cached
+ * (resolved and decoded) and its store stamp check is lock-free.
+ */
+static void test_foreign_write(void)
+{
+    CK_OBJECT_HANDLE pub_del, pub_mod;
+    CK_MECHANISM m = { CKM_ECDSA, NULL, 0 };
+    mod_init();
+    fork_slot = make_token();
+    CK_SESSION_HANDLE s = user_session(fork_slot);
+    KH_CHECK_RV(gen_ec(s, P_P256, sizeof P_P256, true, "doomed", &pub_del, &foreign_del), CKR_OK);
+    KH_CHECK_RV(gen_ec(s, P_P256, sizeof P_P256, true, "muted", &pub_mod, &foreign_mod), CKR_OK);
+    for (int i = 0; i < 3; i++) {
+        sign_verify(s, CKM_ECDSA, foreign_del, pub_del, data32, 32);
+        sign_verify(s, CKM_ECDSA, foreign_mod, pub_mod, data32, 32);
+    }
+    int rc = run_child(child_foreign_write);
+    if (rc != 0)
+        kh_test_fail(__FILE__, __LINE__, "child failed: code %d (see child_foreign_write)", rc);
+    KH_CHECK_RV(F->C_SignInit(s, &m, foreign_del), CKR_KEY_HANDLE_INVALID);
+    KH_CHECK_RV(F->C_SignInit(s, &m, foreign_mod), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    /* and again, now that the cache has been refreshed */
+    KH_CHECK_RV(F->C_SignInit(s, &m, foreign_del), CKR_KEY_HANDLE_INVALID);
+    KH_CHECK_RV(F->C_SignInit(s, &m, foreign_mod), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    mod_fini();
+}
+
 int main(int argc, char **argv)
 {
     KH_CHECK_RV(C_GetFunctionList(&F), CKR_OK);
@@ -1273,5 +1324,6 @@ int main(int argc, char **argv)
     kh_test_register("/module/security/wrong-pin", test_wrong_pin_unlocks_nothing);
     kh_test_register("/module/security/logs", test_logs_no_secrets);
     kh_test_register("/module/fork", test_fork);
+    kh_test_register("/module/fork/foreign-write", test_foreign_write);
     return kh_test_run(argc, argv);
 }

@@ -782,6 +782,62 @@ static void test_two_handles(void)
     kh_store_close(b);
 }
 
+/* The stamp changes with every commit of any connection (another process
+ * included), and only then. */
+static void test_stamp(void)
+{
+    const char *d;
+    char dir[4200];
+    kh_store *a = open_fresh(&d), *b = NULL;
+    kh_store_stamp s1, s2, s3;
+    snprintf(dir, sizeof dir, "%s", d);
+    KH_CHECK_RV(kh_store_open(&b, dir), CKR_OK);
+
+    KH_CHECK(kh_store_stamp_read(a, &s1));
+    KH_CHECK(kh_store_stamp_read(a, &s2));
+    KH_CHECK(memcmp(&s1, &s2, sizeof s1) == 0);
+    KH_CHECK(kh_store_stamp_read(b, &s3));
+    KH_CHECK(memcmp(&s1, &s3, sizeof s1) == 0); /* one database, one header */
+
+    /* reads change nothing */
+    kh_token_rec *toks = NULL;
+    size_t n = 0;
+    KH_CHECK_RV(kh_store_token_list(b, &toks, &n), CKR_OK);
+    free(toks);
+    KH_CHECK(!kh_store_changed(a));
+    KH_CHECK(kh_store_stamp_read(a, &s2));
+    KH_CHECK(memcmp(&s1, &s2, sizeof s1) == 0);
+
+    /* a commit through b changes a's stamp; so does one through a itself */
+    int64_t tok = 0;
+    KH_CHECK_RV(kh_store_token_init(b, &tok, 0, SO_PIN, "stamp", 5, NULL), CKR_OK);
+    KH_CHECK(kh_store_stamp_read(a, &s2));
+    KH_CHECK(memcmp(&s1, &s2, sizeof s1) != 0);
+    KH_CHECK(kh_store_changed(a));
+    obj_spec o;
+    spec_fill(&o, CKO_PUBLIC_KEY, CKK_EC, false, "x", "from-a");
+    int64_t id = insert_obj(a, tok, &o, NULL, 0);
+    KH_CHECK(kh_store_stamp_read(b, &s3));
+    KH_CHECK(memcmp(&s2, &s3, sizeof s2) != 0);
+
+    /* in another process, as the module sees a delete by another program */
+    kh_store_stamp before;
+    KH_CHECK(kh_store_stamp_read(a, &before));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        kh_store *c = NULL;
+        _exit(kh_store_open(&c, dir) == CKR_OK && kh_store_obj_delete(c, id) == CKR_OK ? 0 : 1);
+    }
+    int st = 0;
+    KH_CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    KH_CHECK(kh_store_stamp_read(a, &s3));
+    KH_CHECK(memcmp(&before, &s3, sizeof s3) != 0);
+    KH_CHECK(kh_store_changed(a));
+    kh_store_close(a);
+    kh_store_close(b);
+}
+
 /* Failed logins from several processes at once are all counted. */
 static void test_login_concurrent(void)
 {
@@ -836,6 +892,47 @@ static void test_audit(void)
     kh_store_close(st);
     KH_CHECK(db_int(dir, "SELECT count(*) FROM audit") == 2);
     KH_CHECK(db_int(dir, "SELECT count(*) FROM audit WHERE token_id IS NULL") == 1);
+}
+
+/* A key pair and its audit row commit together, or not at all. */
+static void test_insert_audited(void)
+{
+    const char *d;
+    char dir[4200], sql[256];
+    int64_t tok = 0, ids[2] = { 0, 0 };
+    kh_store *st = open_fresh(&d);
+    obj_spec o[2];
+    kh_obj_rec recs[2];
+    snprintf(dir, sizeof dir, "%s", d);
+    KH_CHECK_RV(kh_store_token_init(st, &tok, 0, SO_PIN, "test", 4, NULL), CKR_OK);
+    spec_fill(&o[0], CKO_PUBLIC_KEY, CKK_EC, false, "p", "pair");
+    spec_fill(&o[1], CKO_PRIVATE_KEY, CKK_EC, true, "p", "pair");
+    memset(recs, 0, sizeof recs);
+    for (int i = 0; i < 2; i++) {
+        recs[i].token_id = tok;
+        KH_CHECK_RV(kh_random(recs[i].uid, KH_UID_LEN), CKR_OK);
+        recs[i].attrs = o[i].attrs;
+        recs[i].nattrs = 8;
+    }
+    int64_t before = db_int(dir, "SELECT count(*) FROM audit");
+    KH_CHECK_RV(kh_store_obj_insert_audited(st, ids, recs, 2, tok, "generate-key-pair",
+                                            "backend=vault"), CKR_OK);
+    KH_CHECK(ids[0] > 0 && ids[1] > ids[0]);
+    KH_CHECK(db_int(dir, "SELECT count(*) FROM audit") == before + 1);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM audit WHERE event = 'generate-key-pair' AND token_id = %lld "
+             "AND detail = 'handle=%lld backend=vault'", (long long)tok, (long long)ids[1]);
+    KH_CHECK(db_int(dir, sql) == 1);
+    KH_CHECK_RV(kh_store_obj_insert_audited(st, ids, recs, 2, tok, NULL, NULL), CKR_ARGUMENTS_BAD);
+
+    /* the second record fails (no such token): neither object nor audit row stays */
+    int64_t objs = db_int(dir, "SELECT count(*) FROM objects");
+    recs[1].token_id = tok + 1000;
+    KH_CHECK(kh_store_obj_insert_audited(st, ids, recs, 2, tok, "generate-key-pair", NULL) != CKR_OK);
+    KH_CHECK(ids[0] == 0 && ids[1] == 0);
+    KH_CHECK(db_int(dir, "SELECT count(*) FROM objects") == objs);
+    KH_CHECK(db_int(dir, "SELECT count(*) FROM audit") == before + 1);
+    kh_store_close(st);
 }
 
 /* ---- seal ---- */
@@ -1071,7 +1168,9 @@ int main(int argc, char **argv)
     kh_test_register("/store/obj/bulk", test_obj_bulk);
     kh_test_register("/store/two-handles", test_two_handles);
     kh_test_register("/store/two-handles/login-concurrent", test_login_concurrent);
+    kh_test_register("/store/two-handles/stamp", test_stamp);
     kh_test_register("/store/audit", test_audit);
+    kh_test_register("/store/obj/insert-audited", test_insert_audited);
     kh_test_register("/store/seal", test_seal);
     kh_test_register("/store/kdf", test_kdf);
     kh_test_register("/store/attrs", test_attrs);

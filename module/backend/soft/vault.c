@@ -30,12 +30,10 @@ static CK_RV vault_import(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob,
     return kh_crypto_import(pub, blob, blob_len, alg, secret, secret_len);
 }
 
+/* Written under tok->lock, read here without it (core.c, token_logout_locked). */
 static uint64_t login_gen(kh_token *tok)
 {
-    kh_mutex_lock(tok->lock);
-    uint64_t gen = tok->login_gen;
-    kh_mutex_unlock(tok->lock);
-    return gen;
+    return __atomic_load_n(&tok->login_gen, __ATOMIC_SEQ_CST);
 }
 
 /*
@@ -98,9 +96,9 @@ static CK_RV vault_sign(struct kh_token *tok, const struct kh_key *key, kh_sigop
         sk = loaded;
         /* A logout between reading gen and inserting may have flushed the
          * token before our entry went in: flush again so no decoded key of
-         * a finished login stays cached. Logout flushes and bumps login_gen
-         * in one tok->lock section, so either it runs after our insert or
-         * we see the new generation here. */
+         * a finished login stays cached. Logout bumps login_gen before it
+         * flushes, so either its flush runs after our insert or we see the
+         * new generation here (the cache lock orders the two). */
         if (login_gen(tok) != gen)
             kh_keycache_flush_token(key->token_uid);
     }
