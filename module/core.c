@@ -416,6 +416,45 @@ void kh_fork_cleanup(void)
     }
 }
 
+/*
+ * SQLite is not fork-safe while one of its calls is running: a thread of the
+ * parent inside it (holding SQLite's own VFS mutex) when another thread forks
+ * leaves that mutex locked forever in the child, whose first store access
+ * then hangs. Around fork() the module therefore holds its store lock, so no
+ * thread of this process is inside SQLite at that moment. The child never
+ * touches the held lock: kh_check_fork replaces it. Registered once per
+ * process; glibc unregisters the handlers when the module is unloaded.
+ */
+static kh_mutex *fork_held;
+
+static void fork_prepare(void)
+{
+    kh_mutex *l = kh_mod.initialized ? kh_mod.store_lock : NULL;
+    if (l)
+        kh_mutex_lock(l);
+    fork_held = l;
+}
+
+static void fork_parent(void)
+{
+    if (fork_held)
+        kh_mutex_unlock(fork_held);
+    fork_held = NULL;
+}
+
+static void fork_child(void)
+{
+    fork_held = NULL; /* left locked: the child's first call builds new locks */
+}
+
+static pthread_once_t fork_handlers_once = PTHREAD_ONCE_INIT;
+
+static void fork_handlers_register(void)
+{
+    if (pthread_atfork(fork_prepare, fork_parent, fork_child) != 0)
+        kh_log(KH_LOG_WARN, "pthread_atfork failed: forking while another thread uses the store may hang the child");
+}
+
 CK_RV kh_check_fork(void)
 {
     if (!kh_mod.initialized)
@@ -448,6 +487,7 @@ CK_RV kh_check_fork(void)
         tok->nsessions = tok->nrw_sessions = 0;
     }
     kh_sessions_drop_all();
+    kh_objects_forked();
     if (!kh_mod.initialized)
         return CKR_HOST_MEMORY;
     kh_keycache_flush_all();
@@ -501,6 +541,7 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
     kh_keycache_configure(kh_mod.cfg.cache_enabled, kh_mod.cfg.cache_max_keys, kh_mod.cfg.cache_idle_s);
     kh_mod.pid = getpid();
     fork_mark_arm();
+    pthread_once(&fork_handlers_once, fork_handlers_register);
     kh_mod.store = NULL;
     kh_mod.initialized = true;
     return CKR_OK;

@@ -216,6 +216,7 @@ CK_RV kh_sessions_init(void);      /* C_Initialize: the table's stripe locks */
 void kh_sessions_drop_all(void);   /* fork child: forget without touching locks, new stripe locks */
 void kh_sessions_free_all(void);   /* C_Finalize: sessions and stripe locks */
 void kh_objects_free_all(void);    /* session objects */
+void kh_objects_forked(void);      /* fork child: forget session objects and cached keys, lock unused */
 void kh_objects_drop_token(int64_t token_id);
 void kh_objects_drop_session(CK_SESSION_HANDLE h);
 

@@ -499,6 +499,21 @@ static void keys_flush(void)
     kh_mutex_unlock(keys_lock);
 }
 
+/*
+ * A forked child: forget the session objects and the resolved-key cache
+ * without touching them or their lock. A thread of the parent may have held
+ * keys_lock or been editing a list when the process forked; that thread does
+ * not exist here, so neither the lock nor the lists can be trusted. What
+ * they held is leaked (never used again); sealed blobs are ciphertext.
+ */
+void kh_objects_forked(void)
+{
+    sobjs = NULL;
+    keys_lock = NULL;
+    memset(key_nodes, 0, sizeof key_nodes);
+    keys_gen++;
+}
+
 /* The store was written by this process: cached keys may be stale. */
 static void keys_invalidate(void)
 {

@@ -1244,6 +1244,75 @@ static void test_fork(void)
     mod_fini();
 }
 
+/*
+ * Fork while another thread is inside the module: the child must not inherit
+ * a lock that thread held (it does not exist in the child). Each child uses
+ * the module straight away, with a watchdog so a deadlock fails the test
+ * instead of hanging it.
+ */
+static volatile int busy_stop;
+
+static void *busy_signer(void *arg)
+{
+    CK_SESSION_HANDLE s = *(CK_SESSION_HANDLE *)arg;
+    CK_MECHANISM m = { CKM_ECDSA, NULL, 0 };
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_LABEL, "fork", 4 } };
+    while (!busy_stop) {
+        uint8_t sig[64];
+        CK_ULONG sl = sizeof sig, n = 0;
+        CK_OBJECT_HANDLE h;
+        if (F->C_SignInit(s, &m, fork_priv) == CKR_OK)
+            F->C_Sign(s, data32, 32, sig, &sl);
+        if (F->C_FindObjectsInit(s, t, 2) == CKR_OK) {
+            F->C_FindObjects(s, &h, 1, &n);
+            F->C_FindObjectsFinal(s);
+        }
+    }
+    return NULL;
+}
+
+/* Exit codes: 1 open, 2 login, 3 sign; SIGALRM (128 + 14) when it deadlocked. */
+static int child_busy_parent(void)
+{
+    alarm(10);
+    CK_SESSION_HANDLE s;
+    if (F->C_OpenSession(fork_slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s) != CKR_OK)
+        return 1;
+    if (login_user(s) != CKR_OK)
+        return 2;
+    CK_MECHANISM m = { CKM_ECDSA, NULL, 0 };
+    uint8_t sig[64];
+    CK_ULONG sl = sizeof sig;
+    if (F->C_SignInit(s, &m, fork_priv) != CKR_OK || F->C_Sign(s, data32, 32, sig, &sl) != CKR_OK)
+        return 3;
+    return 0;
+}
+
+static void test_fork_busy(void)
+{
+    mod_init();
+    fork_slot = make_token();
+    CK_SESSION_HANDLE s = user_session(fork_slot);
+    KH_CHECK_RV(gen_ec(s, P_P256, sizeof P_P256, true, "fork", &fork_pub, &fork_priv), CKR_OK);
+    busy_stop = 0;
+    pthread_t th;
+    KH_CHECK(pthread_create(&th, NULL, busy_signer, &s) == 0);
+    int bad = 0, last = 0;
+    for (int i = 0; i < 150 && bad == 0; i++) {
+        int rc = run_child(child_busy_parent);
+        if (rc != 0) {
+            bad++;
+            last = rc;
+        }
+    }
+    busy_stop = 1;
+    pthread_join(th, NULL);
+    if (bad)
+        kh_test_fail(__FILE__, __LINE__, "a child forked beside a busy thread failed: code %d", last);
+    mod_fini();
+}
+
 /* ---- writes by another process ---- */
 
 static CK_OBJECT_HANDLE foreign_del, foreign_mod;
@@ -1325,5 +1394,6 @@ int main(int argc, char **argv)
     kh_test_register("/module/security/logs", test_logs_no_secrets);
     kh_test_register("/module/fork", test_fork);
     kh_test_register("/module/fork/foreign-write", test_foreign_write);
+    kh_test_register("/module/fork/busy-thread", test_fork_busy);
     return kh_test_run(argc, argv);
 }
