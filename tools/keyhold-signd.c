@@ -228,6 +228,7 @@ static int kh_load_keys(struct kh_signd *srv, const char *default_label)
     CK_OBJECT_HANDLE *objs = NULL;
     CK_ULONG n = 0;
     bool recoverable;
+    char err[256];
     CK_RV rv;
     int ret = KH_EXIT_FAIL;
 
@@ -271,6 +272,12 @@ static int kh_load_keys(struct kh_signd *srv, const char *default_label)
         if (rv != CKR_OK) {
             fprintf(stderr, "keyhold-signd: key '%s': cannot read its public key: %s\n",
                     k->desc.label, kh_rv_name(rv));
+            kh_p11_key_clear(&k->desc);
+            goto out;
+        }
+        if (!kh_signd_key_prepare(k, err, sizeof err)) {
+            fprintf(stderr, "keyhold-signd: key '%s': %s\n", k->desc.label, err);
+            kh_pubkey_clear(&k->pub);
             kh_p11_key_clear(&k->desc);
             goto out;
         }
@@ -318,6 +325,7 @@ static void kh_free_keys(struct kh_signd *srv)
 {
     for (size_t i = 0; i < srv->nkeys; i++) {
         kh_bucket_destroy(&srv->keys[i].bucket);
+        kh_signd_key_release(&srv->keys[i]);
         kh_pubkey_clear(&srv->keys[i].pub);
         kh_p11_key_clear(&srv->keys[i].desc);
     }

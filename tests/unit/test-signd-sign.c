@@ -164,6 +164,13 @@ static void make_k1(struct kh_signd_key *k, const uint8_t seckey[32], bool recov
     secp256k1_ec_pubkey_serialize(ctx, point, &len, &pk, SECP256K1_EC_UNCOMPRESSED);
     k->pub.kind = KH_KEY_SECP256K1;
     KH_CHECK(kh_pubkey_set_ec_point(&k->pub, point, len));
+    KH_CHECK(kh_signd_key_prepare(k, NULL, 0));
+}
+
+static void drop_key(struct kh_signd_key *k)
+{
+    kh_signd_key_release(k);
+    kh_pubkey_clear(&k->pub);
 }
 
 static int sign(const struct kh_signd_key *k, enum kh_signd_alg alg, uint8_t *sig, size_t *siglen)
@@ -235,7 +242,7 @@ static void test_secp256k1(void)
         KH_CHECK(sign(&k, KH_SIGND_ALG_BIP340, sig, &len) == KH_SIGND_E_INTERNAL);
         fake.mode = FAKE_SHORT;
         KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA_RECOVERABLE, sig, &len) == KH_SIGND_E_INTERNAL);
-        kh_pubkey_clear(&k.pub);
+        drop_key(&k);
     }
 
     /* The module's own recovery id must be right: a flipped one is refused. */
@@ -246,7 +253,7 @@ static void test_secp256k1(void)
     k.recoverable_mech = false;
     KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA_RECOVERABLE, sig, &len) == 0);
     KH_CHECK(fake.mech == CKM_ECDSA);
-    kh_pubkey_clear(&k.pub);
+    drop_key(&k);
 }
 
 static void test_cryptoki_errors(void)
@@ -276,7 +283,7 @@ static void test_cryptoki_errors(void)
     KH_CHECK(sign(&k, KH_SIGND_ALG_EDDSA, sig, &len) == KH_SIGND_E_UNSUPPORTED);
     KH_CHECK(sign(&k, KH_SIGND_ALG_RSA_PSS, sig, &len) == KH_SIGND_E_UNSUPPORTED);
     KH_CHECK(fake.calls == 0);
-    kh_pubkey_clear(&k.pub);
+    drop_key(&k);
 }
 
 /* P-256 through OpenSSL's verification: right key, wrong key, garbage. */
@@ -295,6 +302,7 @@ static void test_p256(void)
     k.desc.kind = KH_KEY_P256;
     k.pub.kind = KH_KEY_P256;
     KH_CHECK(kh_pubkey_set_ec_point(&k.pub, point, plen));
+    KH_CHECK(kh_signd_key_prepare(&k, NULL, 0));
 
     fake.p256 = a;
     KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == 0 && len == 64);
@@ -303,7 +311,7 @@ static void test_p256(void)
     fake.p256 = a;
     fake.mode = FAKE_GARBAGE;
     KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == KH_SIGND_E_INTERNAL);
-    kh_pubkey_clear(&k.pub);
+    drop_key(&k);
     EVP_PKEY_free(a);
     EVP_PKEY_free(b);
 }
