@@ -542,11 +542,13 @@ int main(int argc, char **argv)
     }
     kh_listen_desc(&srv, listener);
     kh_signd_log("listening on %s: token '%s', %zu key(s), default key %s%s%s, "
-                 "max %u connections, attestation %s", srv.listen_desc, srv.tok.label, srv.nkeys,
+                 "max %u connections, attestation %s%s", srv.listen_desc, srv.tok.label, srv.nkeys,
                  srv.default_key ? srv.default_key->label : "(none)",
                  srv.default_key && srv.default_key->has_address ? " " : "",
                  srv.default_key && srv.default_key->has_address ? srv.default_key->address : "",
-                 srv.cfg.max_connections, srv.attest ? "on" : "unavailable");
+                 srv.cfg.max_connections, srv.attest ? "on" : "unavailable",
+                 srv.cfg.skip_verify ? ", signatures NOT checked before they leave "
+                                       "(verify_signatures: false)" : "");
     if (o.ready_file && !kh_write_ready(o.ready_file, srv.listen_desc)) {
         fprintf(stderr, "keyhold-signd: cannot write %s: %s\n", o.ready_file, strerror(errno));
         kh_wire_listener_close(listener);

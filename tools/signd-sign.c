@@ -4,6 +4,13 @@
  * signature checked against the key's public key before it is returned
  * (libsecp256k1 for secp256k1, OpenSSL for the rest). A module that signs
  * with the wrong key, or returns garbage, produces an error, never an answer.
+ *
+ * Each key's public key is parsed once at start (kh_signd_key_prepare), so
+ * a check costs the verification itself and nothing else. The configuration
+ * may turn the check off ("verify_signatures": false, README) for clients
+ * that verify every answer themselves, as keyhold's remote backend does;
+ * recoverable signatures are checked regardless (their recovery id is only
+ * known once it recovers to the key).
  */
 #include "signd.h"
 
@@ -158,10 +165,11 @@ static bool kh_recovers_to(const struct kh_signd_verifier *v, const uint8_t rs[6
 /*
  * Makes a secp256k1 ECDSA signature low-S and, for ecdsa_recoverable,
  * settles its recovery id: the module's own (checked) when it gave one,
- * else the one that recovers to the key. sig holds r||s (|| v) in and out.
+ * else the one that recovers to the key. A plain ECDSA signature is
+ * verified when check is set. sig holds r||s (|| v) in and out.
  */
 static bool kh_secp_finish(const struct kh_signd_key *key, const uint8_t *hash, bool recoverable,
-                           bool have_v, uint8_t *sig, char *why, size_t whylen)
+                           bool have_v, bool check, uint8_t *sig, char *why, size_t whylen)
 {
     const struct kh_signd_verifier *v = key->verifier;
     secp256k1_ecdsa_signature es;
@@ -175,7 +183,7 @@ static bool kh_secp_finish(const struct kh_signd_key *key, const uint8_t *hash, 
     flipped = secp256k1_ecdsa_signature_normalize(kh_secp_ctx, &es, &es);
     secp256k1_ecdsa_signature_serialize_compact(kh_secp_ctx, sig, &es);
     if (!recoverable) {
-        if (!secp256k1_ecdsa_verify(kh_secp_ctx, &es, hash, &v->k1)) {
+        if (check && !secp256k1_ecdsa_verify(kh_secp_ctx, &es, hash, &v->k1)) {
             kh_why(why, whylen, "the token's signature does not verify with key %s", key->label);
             return false;
         }
@@ -355,7 +363,7 @@ int kh_signd_sign(struct kh_signd_worker *w, const struct kh_signd_key *key,
     CK_RSA_PKCS_PSS_PARAMS pss = { in->pss_hash, in->pss_mgf, in->pss_salt_len };
     CK_MECHANISM mech = { 0, NULL, 0 };
     CK_ULONG len = KH_SIGND_SIG_MAX;
-    bool recoverable_via_mech = false;
+    bool recoverable_via_mech = false, check;
     size_t want = 0;
     CK_RV rv;
 
@@ -425,26 +433,29 @@ int kh_signd_sign(struct kh_signd_worker *w, const struct kh_signd_key *key,
         return KH_SIGND_E_INTERNAL;
     }
 
+    check = !w->srv->cfg.skip_verify;
     switch (in->alg) {
     case KH_SIGND_ALG_ECDSA:
         if (key->desc.kind == KH_KEY_SECP256K1) {
-            if (in->input_len != 32 || !kh_secp_finish(key, in->input, false, false, sig, why, whylen))
+            if (in->input_len != 32 ||
+                !kh_secp_finish(key, in->input, false, false, check, sig, why, whylen))
                 goto bad;
-        } else if (!kh_ossl_verify(key, in, sig, len)) {
+        } else if (check && !kh_ossl_verify(key, in, sig, len)) {
             goto bad_verify;
         }
         break;
     case KH_SIGND_ALG_ECDSA_RECOVERABLE:
-        if (!kh_secp_finish(key, in->input, true, recoverable_via_mech, sig, why, whylen))
+        /* Always checked: the recovery id is only known once it recovers to the key. */
+        if (!kh_secp_finish(key, in->input, true, recoverable_via_mech, true, sig, why, whylen))
             goto bad;
         len = 65;
         break;
     case KH_SIGND_ALG_BIP340:
-        if (!kh_secp_bip340_ok(key, in->input, sig))
+        if (check && !kh_secp_bip340_ok(key, in->input, sig))
             goto bad_verify;
         break;
     default:
-        if (!kh_ossl_verify(key, in, sig, len))
+        if (check && !kh_ossl_verify(key, in, sig, len))
             goto bad_verify;
         break;
     }

@@ -147,8 +147,10 @@ struct kh_signd_sign_in {
 /*
  * Signs with the worker's session and checks the signature against the
  * key's public key before returning it (a signature that does not verify is
- * an internal error, never an answer). secp256k1 ECDSA comes out low-S;
- * ecdsa_recoverable gives r || s || recovery id (0/1).
+ * an internal error, never an answer) unless the configuration turned the
+ * check off (cfg.skip_verify; recoverable signatures are checked anyway).
+ * secp256k1 ECDSA comes out low-S; ecdsa_recoverable gives r || s ||
+ * recovery id (0/1). key must have been prepared (kh_signd_key_prepare).
  *
  * Out: sig (KH_SIGND_SIG_MAX bytes), siglen; why: the reason on failure.
  * Returns: 0, or a kh_signd_errcode.

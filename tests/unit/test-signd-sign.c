@@ -195,6 +195,7 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 static void setup(void)
 {
+    srv.cfg.skip_verify = false;
     if (!ctx)
         ctx = secp256k1_context_create(SECP256K1_CONTEXT_NONE);
     memset(&fake_list, 0, sizeof fake_list);
@@ -316,6 +317,37 @@ static void test_p256(void)
     EVP_PKEY_free(b);
 }
 
+/*
+ * "verify_signatures": false: a wrong-key ECDSA or BIP-340 signature leaves
+ * unchecked (that is what the setting means), but its shape is still
+ * checked and a recoverable signature is still recovered to the key.
+ */
+static void test_unchecked(void)
+{
+    struct kh_signd_key k;
+    uint8_t sig[KH_SIGND_SIG_MAX];
+    size_t len;
+
+    setup();
+    srv.cfg.skip_verify = true;
+    make_k1(&k, key_a, true);
+    memcpy(fake.seckey, key_b, 32);
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == 0 && len == 64);
+    KH_CHECK(sign(&k, KH_SIGND_ALG_BIP340, sig, &len) == 0 && len == 64);
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA_RECOVERABLE, sig, &len) == KH_SIGND_E_INTERNAL);
+    k.recoverable_mech = false;
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA_RECOVERABLE, sig, &len) == KH_SIGND_E_INTERNAL);
+    /* a high S still comes out low */
+    memcpy(fake.seckey, key_a, 32);
+    fake.mode = FAKE_HIGH_S;
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == 0 && sig[32] < 0x80);
+    /* the wrong length is still refused */
+    fake.mode = FAKE_SHORT;
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == KH_SIGND_E_INTERNAL);
+    drop_key(&k);
+    srv.cfg.skip_verify = false;
+}
+
 int main(int argc, char **argv)
 {
     int r;
@@ -323,6 +355,7 @@ int main(int argc, char **argv)
     kh_test_register("/signd/sign/secp256k1", test_secp256k1);
     kh_test_register("/signd/sign/cryptoki-errors", test_cryptoki_errors);
     kh_test_register("/signd/sign/p256", test_p256);
+    kh_test_register("/signd/sign/unchecked", test_unchecked);
     r = kh_test_run(argc, argv);
     if (ctx)
         secp256k1_context_destroy(ctx);

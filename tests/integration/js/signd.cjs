@@ -356,7 +356,8 @@ async function cmdConncap(url, cap) {
     let served = false;
     for (let i = 0; i < 50 && !served; i++) {
         const c = await connect(url);
-        const rr = await c.call('status');
+        // Still over the cap: the refusal, or a reset that cost its reply.
+        const rr = await c.call('status').catch((e) => ({ closed: String(e) }));
         served = !!rr.result;
         c.end();
         if (!served) await new Promise((res) => setTimeout(res, 100));
