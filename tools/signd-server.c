@@ -161,7 +161,14 @@ static void *kh_conn_thread(void *arg)
         double t0;
         int n;
 
-        n = poll(pf, 2, (int)srv->cfg.idle_timeout_ms);
+        /* A request already inside the connection (tls) is not seen by poll. */
+        if (kh_wire_conn_buffered(a.conn)) {
+            n = 1;
+            pf[0].revents = POLLIN;
+            pf[1].revents = 0;
+        } else {
+            n = poll(pf, 2, (int)srv->cfg.idle_timeout_ms);
+        }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {

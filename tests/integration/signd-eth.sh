@@ -69,6 +69,12 @@ for n in unix tcp tls; do
     ok "$n: every transaction and message recovers to $addr_hot"
 done
 
+for n in unix tcp tls; do
+    say "$n: requests written back to back in one write are all answered"
+    run sjs pipeline "${SIGND_URL[$n]}" 3
+    ok "$n: pipelined requests answered"
+done
+
 say "tls: a client that connects and never starts its handshake delays nobody else"
 # The handshake deadline is far longer than the other client's own deadline:
 # if a stalled handshake held the accepting thread, that client would fail.

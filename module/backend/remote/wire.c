@@ -843,6 +843,13 @@ int kh_wire_conn_fd(const kh_wire_conn *conn)
     return conn ? conn->fd : -1;
 }
 
+bool kh_wire_conn_buffered(const kh_wire_conn *conn)
+{
+    /* Plain streams read exactly a frame's bytes and keep nothing back. */
+    return conn && !conn->broken && conn->ssl && !conn->handshake_pending &&
+           (SSL_pending(conn->ssl) > 0 || SSL_has_pending(conn->ssl));
+}
+
 bool kh_wire_conn_idle_ok(kh_wire_conn *conn)
 {
     if (!conn || conn->broken)

@@ -104,6 +104,14 @@ int kh_wire_recv(kh_wire_conn *conn, char **json, size_t *len, size_t cap, uint6
 int kh_wire_conn_fd(const kh_wire_conn *conn);
 
 /*
+ * True when bytes of the stream were already received and wait inside conn
+ * (tls: a record that held more than the last frame, e.g. requests a client
+ * wrote back to back): poll() on the socket does not see them, so a server
+ * calls kh_wire_recv at once instead of waiting. Never blocks.
+ */
+bool kh_wire_conn_buffered(const kh_wire_conn *conn);
+
+/*
  * For a pool of idle client connections: true when conn shows no sign of
  * being dead (no EOF, error or unsolicited data pending). Never blocks. A
  * true answer is no promise: the peer may still be gone by the next send.
