@@ -1,7 +1,7 @@
 /*
  * keyhold crypto primitives: key generation, signing and verification on raw
- * key material, with libsecp256k1 (secp256k1) and OpenSSL 3 (P-256, P-384,
- * Ed25519, RSA). No PKCS#11 object logic lives here: the vault backend uses it
+ * key material, with libsecp256k1 (secp256k1), OpenSSL 3 (P-256, P-384,
+ * Ed25519, RSA) and libsodium (Ed25519 verification). No PKCS#11 object logic lives here: the vault backend uses it
  * to sign, and the module uses kh_crypto_verify() for C_Verify on any key.
  *
  * Thread safety: every function may be called from any thread at once; the
@@ -143,6 +143,32 @@ CK_RV kh_softkey_sign(const kh_softkey *key, kh_sigop op, const kh_sigparams *pa
  * outside 2048..4096 bits. */
 CK_RV kh_crypto_verify(const kh_pubkey *pub, kh_sigop op, const kh_sigparams *params,
                        const uint8_t *data, size_t data_len, const uint8_t *sig, size_t sig_len);
+/*
+ * A public key parsed once for repeated verification: the libsecp256k1 point
+ * or OpenSSL EC_KEY / RSA that kh_crypto_verify would build from a kh_pubkey
+ * on every call (Ed25519: the 32 bytes), built a single time (the remote
+ * backend checks every remote signature with one, cached per key).
+ * Immutable once made: any number of threads may verify with one at once.
+ */
+typedef struct kh_verifier kh_verifier;
+
+/*
+ * Parses pub for kh_verifier_verify.
+ * Out: *out (kh_verifier_free).
+ * Returns: CKR_OK; CKR_PUBLIC_KEY_INVALID for a malformed key or a point not
+ *          on its curve; CKR_KEY_SIZE_RANGE for RSA outside 2048..4096 bits;
+ *          CKR_KEY_TYPE_INCONSISTENT for an unknown alg; CKR_HOST_MEMORY.
+ */
+CK_RV kh_verifier_new(kh_verifier **out, const kh_pubkey *pub);
+/* Frees a verifier (NULL is fine). */
+void kh_verifier_free(kh_verifier *v);
+/*
+ * Exactly kh_crypto_verify(pub, ...) for the pub v was made from, with the
+ * same results, without decoding the key again.
+ */
+CK_RV kh_verifier_verify(const kh_verifier *v, kh_sigop op, const kh_sigparams *params,
+                         const uint8_t *data, size_t data_len, const uint8_t *sig, size_t sig_len);
+
 /* Validate a public key (for C_CreateObject of a public key): EC point on its curve
  * (uncompressed, right length), Ed25519 32 bytes, RSA 2048..4096 bits with odd e >= 3.
  * CKR_OK, CKR_ATTRIBUTE_VALUE_INVALID, CKR_KEY_SIZE_RANGE. */

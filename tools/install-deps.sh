@@ -7,6 +7,7 @@ packages=(
     # build
     meson ninja-build pkg-config gcc clang libclang-rt-14-dev
     libssl-dev libsecp256k1-dev libsqlite3-dev libp11-kit-dev libtss2-dev libjson-c-dev
+    libsodium-dev
     # consumers driven by the integration tests
     opensc gnutls-bin libengine-pkcs11-openssl openssh-client openssl p11-kit
     # TPM simulator and tools

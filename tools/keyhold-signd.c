@@ -228,6 +228,7 @@ static int kh_load_keys(struct kh_signd *srv, const char *default_label)
     CK_OBJECT_HANDLE *objs = NULL;
     CK_ULONG n = 0;
     bool recoverable;
+    char err[256];
     CK_RV rv;
     int ret = KH_EXIT_FAIL;
 
@@ -271,6 +272,12 @@ static int kh_load_keys(struct kh_signd *srv, const char *default_label)
         if (rv != CKR_OK) {
             fprintf(stderr, "keyhold-signd: key '%s': cannot read its public key: %s\n",
                     k->desc.label, kh_rv_name(rv));
+            kh_p11_key_clear(&k->desc);
+            goto out;
+        }
+        if (!kh_signd_key_prepare(k, err, sizeof err)) {
+            fprintf(stderr, "keyhold-signd: key '%s': %s\n", k->desc.label, err);
+            kh_pubkey_clear(&k->pub);
             kh_p11_key_clear(&k->desc);
             goto out;
         }
@@ -318,6 +325,7 @@ static void kh_free_keys(struct kh_signd *srv)
 {
     for (size_t i = 0; i < srv->nkeys; i++) {
         kh_bucket_destroy(&srv->keys[i].bucket);
+        kh_signd_key_release(&srv->keys[i]);
         kh_pubkey_clear(&srv->keys[i].pub);
         kh_p11_key_clear(&srv->keys[i].desc);
     }
@@ -534,11 +542,13 @@ int main(int argc, char **argv)
     }
     kh_listen_desc(&srv, listener);
     kh_signd_log("listening on %s: token '%s', %zu key(s), default key %s%s%s, "
-                 "max %u connections, attestation %s", srv.listen_desc, srv.tok.label, srv.nkeys,
+                 "max %u connections, attestation %s%s", srv.listen_desc, srv.tok.label, srv.nkeys,
                  srv.default_key ? srv.default_key->label : "(none)",
                  srv.default_key && srv.default_key->has_address ? " " : "",
                  srv.default_key && srv.default_key->has_address ? srv.default_key->address : "",
-                 srv.cfg.max_connections, srv.attest ? "on" : "unavailable");
+                 srv.cfg.max_connections, srv.attest ? "on" : "unavailable",
+                 srv.cfg.skip_verify ? ", signatures NOT checked before they leave "
+                                       "(verify_signatures: false)" : "");
     if (o.ready_file && !kh_write_ready(o.ready_file, srv.listen_desc)) {
         fprintf(stderr, "keyhold-signd: cannot write %s: %s\n", o.ready_file, strerror(errno));
         kh_wire_listener_close(listener);

@@ -416,6 +416,12 @@ bool kh_signd_config_parse(struct kh_signd_config *c, const char *json, size_t l
         } else if (strcmp(name, "io_timeout_ms") == 0) {
             if (!kh_cfg_uint(&c->io_timeout_ms, v, name, 10, 600000, err, errlen))
                 goto out;
+        } else if (strcmp(name, "verify_signatures") == 0) {
+            if (!json_object_is_type(v, json_type_boolean)) {
+                kh_pol_err(err, errlen, "'verify_signatures' must be true or false");
+                goto out;
+            }
+            c->skip_verify = !json_object_get_boolean(v);
         } else if (strcmp(name, "max_frame") == 0) {
             if (!kh_cfg_uint(&u, v, name, 64, (unsigned)c->max_frame, err, errlen))
                 goto out;

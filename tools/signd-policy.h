@@ -107,6 +107,8 @@ struct kh_signd_config {
     size_t max_frame;              /* <= KH_WIRE_FRAME_MAX */
     char *tpm_tcti;                /* attestation: TCTI configuration; NULL: no TPM */
     char *tpm_pcrs;                /* attestation: PCR selection, e.g. "sha256:0,1,7" */
+    bool skip_verify;              /* "verify_signatures": false: signatures leave unchecked
+                                      (recoverable ones are always checked); zero = checked */
 };
 
 /* Sets the defaults: no keys section, every limit at its default. */

@@ -5,6 +5,11 @@
  * deadline and connections closed after the idle timeout, one log line per
  * request, and on SIGTERM/SIGINT a drain: no new connections, every request
  * already received is answered, then the connection closes.
+ *
+ * The accepting thread never waits for a client: for tls:// it hands the
+ * connection over before the handshake, which the connection's thread runs
+ * under --handshake-timeout-ms (a stalled handshake holds one thread and one
+ * place under the cap, for at most that long).
  */
 #include "signd.h"
 
@@ -121,8 +126,19 @@ static void *kh_conn_thread(void *arg)
     struct kh_signd_worker w = { .srv = srv, .conn_id = a.id };
     unsigned long long id = (unsigned long long)a.id;
     CK_RV rv;
+    int rc;
 
     free(arg);
+    /* tls: the handshake runs here, under its own deadline, so a client
+     * that stalls it holds up only this thread (kh_wire_accept_pending). */
+    rc = kh_wire_handshake(a.conn, kh_wire_now_ms() + srv->handshake_timeout_ms);
+    if (rc != KH_WIRE_OK) {
+        kh_signd_log("conn=%llu closed: TLS handshake: %s (%s)", id, kh_wire_strerror(rc),
+                     kh_wire_detail());
+        kh_wire_close(a.conn);
+        kh_conn_done(srv);
+        return NULL;
+    }
     rv = srv->p11.f->C_OpenSession(srv->tok.slot, CKF_SERIAL_SESSION, NULL, NULL, &w.session);
     if (rv != CKR_OK) {
         kh_signd_log("conn=%llu C_OpenSession failed: %s", id, kh_rv_name(rv));
@@ -143,9 +159,16 @@ static void *kh_conn_thread(void *arg)
         char *json = NULL, *reply;
         size_t len = 0;
         double t0;
-        int n, rc;
+        int n;
 
-        n = poll(pf, 2, (int)srv->cfg.idle_timeout_ms);
+        /* A request already inside the connection (tls) is not seen by poll. */
+        if (kh_wire_conn_buffered(a.conn)) {
+            n = 1;
+            pf[0].revents = POLLIN;
+            pf[1].revents = 0;
+        } else {
+            n = poll(pf, 2, (int)srv->cfg.idle_timeout_ms);
+        }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -191,13 +214,21 @@ out:
     return NULL;
 }
 
-/* Refuses a connection (over the cap) with an "unavailable" error. */
+/*
+ * Refuses a connection (over the cap) with an "unavailable" error. A tls
+ * connection is closed without one: the reply would need the handshake,
+ * which a client could stall while the accepting thread waits.
+ */
 static void kh_refuse(struct kh_signd *srv, kh_wire_conn *conn, const char *why)
 {
-    int rc = kh_send_reply_take(conn, kh_signd_error_reply(KH_SIGND_E_UNAVAILABLE, why),
+    int rc = KH_WIRE_ETLS;
+
+    if (srv->url.kind != KH_WIRE_TLS)
+        rc = kh_send_reply_take(conn, kh_signd_error_reply(KH_SIGND_E_UNAVAILABLE, why),
                                 KH_SIGND_BUSY_SEND_MS);
     kh_signd_log("conn=- method=- key=- outcome=unavailable (%s)%s", why,
-                 rc == KH_WIRE_OK ? "" : ", reply not delivered");
+                 rc == KH_WIRE_OK ? "" : srv->url.kind == KH_WIRE_TLS ? ", tls: closed without a reply"
+                                                                      : ", reply not delivered");
     kh_wire_close(conn);
 }
 
@@ -231,7 +262,11 @@ int kh_signd_serve(struct kh_signd *srv, kh_wire_listener *listener)
             kh_reap(srv);
         if (!(pf[0].revents & POLLIN))
             continue;
-        rc = kh_wire_accept(listener, &conn, kh_wire_now_ms() + srv->handshake_timeout_ms);
+        /* Never waits: the listener is readable; a tls connection's handshake
+         * is its thread's first step. */
+        rc = kh_wire_accept_pending(listener, &conn, kh_wire_now_ms());
+        if (rc == KH_WIRE_ETIMEDOUT)
+            continue;                  /* the client gave up before we got to it */
         if (rc != KH_WIRE_OK) {
             kh_signd_log("accept: %s (%s)", kh_wire_strerror(rc), kh_wire_detail());
             if (rc == KH_WIRE_ENOMEM) {

@@ -28,6 +28,8 @@
 #include "signd-policy.h"
 #include "wire.h"
 
+struct kh_signd_verifier;          /* signd-sign.c */
+
 /* One served key. */
 struct kh_signd_key {
     char *label;
@@ -37,6 +39,7 @@ struct kh_signd_key {
     bool has_address;              /* secp256k1 */
     char address[43];              /* EIP-55 */
     bool recoverable_mech;         /* the module has CKM_KH_ECDSA_RECOVERABLE */
+    struct kh_signd_verifier *verifier; /* pub parsed once (kh_signd_key_prepare) */
     const struct kh_signd_key_policy *policy;
     struct kh_bucket bucket;
 };
@@ -144,8 +147,10 @@ struct kh_signd_sign_in {
 /*
  * Signs with the worker's session and checks the signature against the
  * key's public key before returning it (a signature that does not verify is
- * an internal error, never an answer). secp256k1 ECDSA comes out low-S;
- * ecdsa_recoverable gives r || s || recovery id (0/1).
+ * an internal error, never an answer) unless the configuration turned the
+ * check off (cfg.skip_verify; recoverable signatures are checked anyway).
+ * secp256k1 ECDSA comes out low-S; ecdsa_recoverable gives r || s ||
+ * recovery id (0/1). key must have been prepared (kh_signd_key_prepare).
  *
  * Out: sig (KH_SIGND_SIG_MAX bytes), siglen; why: the reason on failure.
  * Returns: 0, or a kh_signd_errcode.
@@ -153,6 +158,20 @@ struct kh_signd_sign_in {
 int kh_signd_sign(struct kh_signd_worker *w, const struct kh_signd_key *key,
                   const struct kh_signd_sign_in *in, uint8_t *sig, size_t *siglen,
                   char *why, size_t whylen);
+
+/*
+ * Parses key->pub once into what checking a signature needs (an OpenSSL
+ * key, or libsecp256k1's parsed point), so that no request decodes a public
+ * key or builds one. Called for every served key before the first
+ * connection; the verifier is then shared read-only by every thread.
+ *
+ * Out: key->verifier; why: the reason on failure.
+ * Returns: true; false when the public key cannot be used.
+ */
+bool kh_signd_key_prepare(struct kh_signd_key *key, char *why, size_t whylen);
+
+/* Frees key->verifier (NULL is fine). */
+void kh_signd_key_release(struct kh_signd_key *key);
 
 /* Returns: the kh_signd_errcode a Cryptoki error becomes. */
 int kh_signd_err_from_rv(CK_RV rv);

@@ -13,8 +13,11 @@
 #    refusals of `keyhold remote add` (unknown key, signer down, usage);
 #  - the TCP signer stops: signing fails fast with no signature written;
 #    it comes back on the same port and signing resumes;
+#  - a third keyhold-signd with "verify_signatures": false says so at start,
+#    and a signature through it still verifies (the module checks it);
 #  - last, tests/perf/remote-bench prints signatures/s through the chain
-#    (unix, TCP) beside direct vault signing (KH_BENCH_SECONDS per cell).
+#    (unix, TCP, unix without signd's check) beside direct vault signing and
+#    the primitive verification cost (KH_BENCH_SECONDS per cell).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/signd-lib.sh"
@@ -127,14 +130,27 @@ run p11 "${P[@]}" --sign --id "${ID_OF[secp256k1]}" -m ECDSA-SHA256 --signature-
 run openssl dgst -sha256 -verify "$KH_TMP/signer-secp256k1.pem" -signature "$KH_TMP/back.sig" "$KH_TMP/msg"
 ok "signed again after the restart; openssl verifies"
 
+say "a signer without its own check (verify_signatures: false): the module's check still holds"
+printf '{"verify_signatures": false}\n' >"$KH_TMP/unchecked.json"
+KEYHOLD_STORE="$SIGNER_STORE" signd_start unchecked --listen "unix:$KH_TMP/unchecked.sock" --token vault \
+    --config "$KH_TMP/unchecked.json"
+grep -q 'signatures NOT checked' "$KH_TMP/unchecked.log" || fail "no warning that signatures leave unchecked"
+NOCHECK_URL="${SIGND_URL[unchecked]}"
+run kh remote add --token client --url "$NOCHECK_URL" --key k-p256 --label n-check --id c1
+run p11 "${P[@]}" --sign --id c1 -m ECDSA-SHA256 --signature-format openssl -i "$KH_TMP/msg" -o "$KH_TMP/n.sig"
+run openssl dgst -sha256 -verify "$KH_TMP/signer-p256.pem" -signature "$KH_TMP/n.sig" "$KH_TMP/msg"
+ok "signed through the unchecked signer; openssl verifies"
+
 say "throughput: the chain over unix and TCP beside direct vault signing (printed, not asserted)"
 for t in p256 secp256k1 ed25519; do
     run kh remote add --token client --url "$UNIX_URL" --key "k-$t" --label "u-$t"
     run kh remote add --token client --url "tcp://127.0.0.1:$port" --key "k-$t" --label "t-$t"
+    run kh remote add --token client --url "$NOCHECK_URL" --key "k-$t" --label "n-$t"
 done
 : "${KH_REMOTE_BENCH:?KH_REMOTE_BENCH must name the built remote-bench}"
-run "$KH_REMOTE_BENCH" "$SIGNER_STORE" "$CLIENT_STORE" "$UNIX_URL" "tcp://127.0.0.1:$port"
+run "$KH_REMOTE_BENCH" "$SIGNER_STORE" "$CLIENT_STORE" "$UNIX_URL" "tcp://127.0.0.1:$port" "$NOCHECK_URL"
 ok "measured"
 
 signd_stop unix
 signd_stop tcp
+signd_stop unchecked

@@ -433,6 +433,14 @@ static void phase_sign(CK_SESSION_HANDLE s)
     rv = sign_ms(s, k_p256, &ecdsa, d32, 32, sig, &sl, NULL);
     CHECK(rv == CKR_OK && ossl_ok(s, k_p256, P11L_P256, d32, 32, sig, sl),
           "P-256 CKM_ECDSA, OpenSSL verifies: %s", p11l_rv_str(rv));
+    /* a key id with JSON's special characters travels escaped, both ways */
+    CK_OBJECT_HANDLE k_odd;
+    rv = reg(&k_odd, s, ref_for(sock_url, "p256+q\"uote\\back/slash \xc3\xa9"), "odd-id", NULL, 0);
+    CHECK(rv == CKR_OK, "register a key id with '\"', '\\', '/' and UTF-8: %s", p11l_rv_str(rv));
+    sl = sizeof sig;
+    rv = sign_ms(s, k_odd, &ecdsa, d32, 32, sig, &sl, NULL);
+    CHECK(rv == CKR_OK && ossl_ok(s, k_odd, P11L_P256, d32, 32, sig, sl),
+          "P-256 through that key id, OpenSSL verifies: %s", p11l_rv_str(rv));
     CK_OBJECT_HANDLE p384 = pub_of(s, k_p384);
     CK_MECHANISM m_384 = { CKM_ECDSA_SHA384, NULL, 0 };
     sl = sizeof sig;

@@ -69,6 +69,33 @@ for n in unix tcp tls; do
     ok "$n: every transaction and message recovers to $addr_hot"
 done
 
+for n in unix tcp tls; do
+    say "$n: requests written back to back in one write are all answered"
+    run sjs pipeline "${SIGND_URL[$n]}" 3
+    ok "$n: pipelined requests answered"
+done
+
+say "tls: a client that connects and never starts its handshake delays nobody else"
+# The handshake deadline is far longer than the other client's own deadline:
+# if a stalled handshake held the accepting thread, that client would fail.
+signd_start tlsslow --listen tls://127.0.0.1:0 --token "$TOKEN" --key hot \
+    --tls-cert "$KH_TMP/srv.pem" --tls-key "$KH_TMP/srv.key" --handshake-timeout-ms 60000
+slow_port="${SIGND_URL[tlsslow]##*:}"
+exec {stall_fd}<>"/dev/tcp/127.0.0.1/$slow_port"
+out="$(KH_CLIENT_DEADLINE_MS=10000 sjs call "${SIGND_URL[tlsslow]}" '[{"method":"address"}]')"
+[ "$(printf '%s\n' "$out" | jq -r .result.address)" = "$addr_hot" ] ||
+    fail "a request behind a stalled TLS handshake got '$out'"
+exec {stall_fd}>&-
+for ((i = 0; i < 100; i++)); do
+    grep -q 'closed: TLS handshake' "$KH_TMP/tlsslow.log" && break
+    sleep 0.1
+done
+grep 'closed: TLS handshake' "$KH_TMP/tlsslow.log" | sed 's/^/     | /'
+grep -q 'conn=1 closed: TLS handshake' "$KH_TMP/tlsslow.log" ||
+    fail "the stalled connection's thread did not end its handshake when the client left"
+signd_stop tlsslow
+ok "served while another connection's handshake stalled; that one ended in its own thread"
+
 say "the EIP-155 example transaction, signed by the imported example key"
 run sjs eip155 "${SIGND_URL[unix]}" eip155 "$EIP155_RAW"
 ok "raw_tx equals the EIP-155 text byte for byte"

@@ -76,6 +76,15 @@ static void test_config_full(void)
     KH_CHECK(parse(&c, "{}", err, sizeof err));
     KH_CHECK(!c.has_keys && c.max_connections == KH_SIGND_DEF_MAX_CONN);
     KH_CHECK(c.max_frame == FRAME_MAX && c.default_key == NULL);
+    KH_CHECK(!c.skip_verify);                    /* signatures are checked by default */
+    kh_signd_config_clear(&c);
+
+    /* The signature check, off and explicitly on. */
+    KH_CHECK(parse(&c, "{\"verify_signatures\": false}", err, sizeof err));
+    KH_CHECK(c.skip_verify);
+    kh_signd_config_clear(&c);
+    KH_CHECK(parse(&c, "{\"verify_signatures\": true}", err, sizeof err));
+    KH_CHECK(!c.skip_verify);
     kh_signd_config_clear(&c);
 }
 
@@ -103,6 +112,7 @@ static void test_config_refusals(void)
         "{\"keys\": {\"a\": {\"chain\": [1]}}}",
         "{\"attestation\": {\"tcti\": \"x\", \"pcr\": \"y\"}}",
         "{\"default_key\": \"\xff\"}",
+        "{\"verify_signatures\": 0}", "{\"verify_signatures\": \"false\"}",
     };
     struct kh_signd_config c;
     char err[256];

@@ -49,6 +49,7 @@ static struct {
     CK_MECHANISM_TYPE mech;
     uint8_t seckey[32];          /* secp256k1 signing key */
     EVP_PKEY *p256;              /* P-256 signing key */
+    EVP_PKEY *ed;                /* Ed25519 signing key */
     int calls;
 } fake;
 
@@ -128,6 +129,17 @@ static CK_RV fake_sign(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_B
         n = 64;
         break;
     }
+    case CKM_EDDSA:
+        if (fake.ed) {
+            EVP_MD_CTX *mc = EVP_MD_CTX_new();
+            size_t sl = 64;
+            KH_CHECK(mc && EVP_DigestSignInit(mc, NULL, NULL, NULL, fake.ed) == 1 &&
+                     EVP_DigestSign(mc, sig, &sl, data, len) == 1 && sl == 64);
+            EVP_MD_CTX_free(mc);
+            n = 64;
+            break;
+        }
+        /* fall through */
     default:
         n = 64;
         memset(sig, 0x5a, n);
@@ -164,6 +176,13 @@ static void make_k1(struct kh_signd_key *k, const uint8_t seckey[32], bool recov
     secp256k1_ec_pubkey_serialize(ctx, point, &len, &pk, SECP256K1_EC_UNCOMPRESSED);
     k->pub.kind = KH_KEY_SECP256K1;
     KH_CHECK(kh_pubkey_set_ec_point(&k->pub, point, len));
+    KH_CHECK(kh_signd_key_prepare(k, NULL, 0));
+}
+
+static void drop_key(struct kh_signd_key *k)
+{
+    kh_signd_key_release(k);
+    kh_pubkey_clear(&k->pub);
 }
 
 static int sign(const struct kh_signd_key *k, enum kh_signd_alg alg, uint8_t *sig, size_t *siglen)
@@ -188,6 +207,7 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 static void setup(void)
 {
+    srv.cfg.skip_verify = false;
     if (!ctx)
         ctx = secp256k1_context_create(SECP256K1_CONTEXT_NONE);
     memset(&fake_list, 0, sizeof fake_list);
@@ -235,7 +255,7 @@ static void test_secp256k1(void)
         KH_CHECK(sign(&k, KH_SIGND_ALG_BIP340, sig, &len) == KH_SIGND_E_INTERNAL);
         fake.mode = FAKE_SHORT;
         KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA_RECOVERABLE, sig, &len) == KH_SIGND_E_INTERNAL);
-        kh_pubkey_clear(&k.pub);
+        drop_key(&k);
     }
 
     /* The module's own recovery id must be right: a flipped one is refused. */
@@ -246,7 +266,7 @@ static void test_secp256k1(void)
     k.recoverable_mech = false;
     KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA_RECOVERABLE, sig, &len) == 0);
     KH_CHECK(fake.mech == CKM_ECDSA);
-    kh_pubkey_clear(&k.pub);
+    drop_key(&k);
 }
 
 static void test_cryptoki_errors(void)
@@ -276,7 +296,7 @@ static void test_cryptoki_errors(void)
     KH_CHECK(sign(&k, KH_SIGND_ALG_EDDSA, sig, &len) == KH_SIGND_E_UNSUPPORTED);
     KH_CHECK(sign(&k, KH_SIGND_ALG_RSA_PSS, sig, &len) == KH_SIGND_E_UNSUPPORTED);
     KH_CHECK(fake.calls == 0);
-    kh_pubkey_clear(&k.pub);
+    drop_key(&k);
 }
 
 /* P-256 through OpenSSL's verification: right key, wrong key, garbage. */
@@ -295,6 +315,7 @@ static void test_p256(void)
     k.desc.kind = KH_KEY_P256;
     k.pub.kind = KH_KEY_P256;
     KH_CHECK(kh_pubkey_set_ec_point(&k.pub, point, plen));
+    KH_CHECK(kh_signd_key_prepare(&k, NULL, 0));
 
     fake.p256 = a;
     KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == 0 && len == 64);
@@ -303,9 +324,79 @@ static void test_p256(void)
     fake.p256 = a;
     fake.mode = FAKE_GARBAGE;
     KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == KH_SIGND_E_INTERNAL);
-    kh_pubkey_clear(&k.pub);
+    drop_key(&k);
     EVP_PKEY_free(a);
     EVP_PKEY_free(b);
+}
+
+/* Ed25519 through libsodium's verification: right key, wrong key, garbage; unchecked. */
+static void test_ed25519(void)
+{
+    EVP_PKEY *a = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), *b = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    struct kh_signd_key k;
+    uint8_t point[32], sig[KH_SIGND_SIG_MAX];
+    size_t plen = sizeof point, len;
+
+    setup();
+    KH_CHECK(a && b);
+    KH_CHECK(EVP_PKEY_get_raw_public_key(a, point, &plen) == 1 && plen == 32);
+    memset(&k, 0, sizeof k);
+    k.label = "ed";
+    k.desc.kind = KH_KEY_ED25519;
+    k.pub.kind = KH_KEY_ED25519;
+    KH_CHECK(kh_pubkey_set_ec_point(&k.pub, point, plen));
+    KH_CHECK(kh_signd_key_prepare(&k, NULL, 0));
+
+    fake.ed = a;
+    KH_CHECK(sign(&k, KH_SIGND_ALG_EDDSA, sig, &len) == 0 && len == 64);
+    fake.ed = b;
+    memset(sig, 0xee, sizeof sig);
+    KH_CHECK(sign(&k, KH_SIGND_ALG_EDDSA, sig, &len) == KH_SIGND_E_INTERNAL);
+    KH_CHECK(all_zero(sig, sizeof sig));
+    fake.ed = a;
+    fake.mode = FAKE_GARBAGE;
+    KH_CHECK(sign(&k, KH_SIGND_ALG_EDDSA, sig, &len) == KH_SIGND_E_INTERNAL);
+    /* unchecked: the wrong key's signature leaves (what the setting means) */
+    fake.mode = FAKE_OK;
+    fake.ed = b;
+    srv.cfg.skip_verify = true;
+    KH_CHECK(sign(&k, KH_SIGND_ALG_EDDSA, sig, &len) == 0 && len == 64);
+    srv.cfg.skip_verify = false;
+    fake.ed = NULL;
+    drop_key(&k);
+    EVP_PKEY_free(a);
+    EVP_PKEY_free(b);
+}
+
+/*
+ * "verify_signatures": false: a wrong-key ECDSA or BIP-340 signature leaves
+ * unchecked (that is what the setting means), but its shape is still
+ * checked and a recoverable signature is still recovered to the key.
+ */
+static void test_unchecked(void)
+{
+    struct kh_signd_key k;
+    uint8_t sig[KH_SIGND_SIG_MAX];
+    size_t len;
+
+    setup();
+    srv.cfg.skip_verify = true;
+    make_k1(&k, key_a, true);
+    memcpy(fake.seckey, key_b, 32);
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == 0 && len == 64);
+    KH_CHECK(sign(&k, KH_SIGND_ALG_BIP340, sig, &len) == 0 && len == 64);
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA_RECOVERABLE, sig, &len) == KH_SIGND_E_INTERNAL);
+    k.recoverable_mech = false;
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA_RECOVERABLE, sig, &len) == KH_SIGND_E_INTERNAL);
+    /* a high S still comes out low */
+    memcpy(fake.seckey, key_a, 32);
+    fake.mode = FAKE_HIGH_S;
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == 0 && sig[32] < 0x80);
+    /* the wrong length is still refused */
+    fake.mode = FAKE_SHORT;
+    KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == KH_SIGND_E_INTERNAL);
+    drop_key(&k);
+    srv.cfg.skip_verify = false;
 }
 
 int main(int argc, char **argv)
@@ -315,6 +406,8 @@ int main(int argc, char **argv)
     kh_test_register("/signd/sign/secp256k1", test_secp256k1);
     kh_test_register("/signd/sign/cryptoki-errors", test_cryptoki_errors);
     kh_test_register("/signd/sign/p256", test_p256);
+    kh_test_register("/signd/sign/ed25519", test_ed25519);
+    kh_test_register("/signd/sign/unchecked", test_unchecked);
     r = kh_test_run(argc, argv);
     if (ctx)
         secp256k1_context_destroy(ctx);

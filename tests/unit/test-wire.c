@@ -854,6 +854,111 @@ static void test_tls_client_cert(void)
     }
 }
 
+/* A client on its own thread: connect (TLS handshake included), one frame there and back. */
+struct tls_client {
+    const char *url;
+    const kh_wire_tls *tls;
+    int rc;
+    pthread_t th;
+};
+
+static void *tls_client_main(void *arg)
+{
+    struct tls_client *t = arg;
+    kh_wire_url u;
+    kh_wire_conn *c = NULL;
+    char *b = NULL;
+    size_t n = 0;
+
+    url_or_die(&u, t->url);
+    t->rc = kh_wire_connect(&c, &u, t->tls, soon(10000));
+    if (t->rc == KH_WIRE_OK)
+        t->rc = kh_wire_send(c, "{\"n\":1}", 7, soon(10000));
+    if (t->rc == KH_WIRE_OK)
+        t->rc = kh_wire_recv(c, &b, &n, 64, soon(10000));
+    if (t->rc == KH_WIRE_OK && (n != 7 || memcmp(b, "{\"n\":1}", 7) != 0))
+        t->rc = -100;
+    free(b);
+    kh_wire_close(c);
+    return NULL;
+}
+
+/*
+ * kh_wire_accept_pending hands a tls connection over before its handshake:
+ * one whose client never sends a byte is accepted all the same, and a
+ * second client is served while the first one's handshake is still open;
+ * the stalled handshake ends at its own deadline. Plain connections have
+ * nothing pending.
+ */
+static void test_tls_accept_pending(void)
+{
+    if (!make_pki())
+        return;
+    kh_wire_tls stls = { .cert_file = pkif("srv.pem"), .key_file = pkif("srv.key") };
+    kh_wire_tls ctls = { .ca_file = pkif("ca.pem") };
+    unsigned port = free_port();
+    char url[64];
+    snprintf(url, sizeof url, "tls://127.0.0.1:%u", port);
+    kh_wire_listener *l = listen_or_fail(url, &stls);
+    if (!l)
+        return;
+
+    /* a TCP client that never says anything */
+    int raw = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    KH_CHECK(raw >= 0 && connect(raw, (struct sockaddr *)&sa, sizeof sa) == 0);
+    kh_wire_conn *stalled = NULL, *c = NULL;
+    KH_CHECK_RV(kh_wire_accept_pending(l, &stalled, soon(5000)), KH_WIRE_OK);
+
+    /* a real client meanwhile: accepted and served, its handshake done by recv */
+    struct tls_client tc = { .url = url, .tls = &ctls, .rc = 99 };
+    pthread_create(&tc.th, NULL, tls_client_main, &tc);
+    KH_CHECK_RV(kh_wire_accept_pending(l, &c, soon(10000)), KH_WIRE_OK);
+    if (c) {
+        char *b = NULL;
+        size_t n = 0;
+        KH_CHECK_RV(kh_wire_recv(c, &b, &n, 64, soon(10000)), KH_WIRE_OK);
+        if (b)
+            KH_CHECK_RV(kh_wire_send(c, b, n, soon(10000)), KH_WIRE_OK);
+        free(b);
+        KH_CHECK_RV(kh_wire_handshake(c, soon(10)), KH_WIRE_OK);   /* done: nothing to do */
+    }
+    pthread_join(tc.th, NULL);
+    KH_CHECK_RV(tc.rc, KH_WIRE_OK);
+    kh_wire_close(c);
+
+    /* the stalled handshake ends at its deadline, and the connection is then unusable */
+    KH_CHECK_RV(kh_wire_handshake(stalled, soon(300)), KH_WIRE_ETIMEDOUT);
+    KH_CHECK_RV(kh_wire_send(stalled, "{}", 2, soon(100)), KH_WIRE_EIO);
+    kh_wire_close(stalled);
+    close(raw);
+
+    /* a client that leaves during its handshake: a TLS failure, not a hang */
+    raw = socket(AF_INET, SOCK_STREAM, 0);
+    KH_CHECK(raw >= 0 && connect(raw, (struct sockaddr *)&sa, sizeof sa) == 0);
+    KH_CHECK_RV(kh_wire_accept_pending(l, &stalled, soon(5000)), KH_WIRE_OK);
+    close(raw);
+    int rc = kh_wire_handshake(stalled, soon(5000));
+    printf("# client gone during the handshake: %s (%s)\n", kh_wire_strerror(rc), kh_wire_detail());
+    KH_CHECK(rc == KH_WIRE_ETLS || rc == KH_WIRE_ECLOSED || rc == KH_WIRE_EIO);
+    kh_wire_close(stalled);
+    kh_wire_listener_close(l);
+
+    /* plain TCP: nothing pending */
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%u", free_port());
+    l = listen_or_fail(url, NULL);
+    if (!l)
+        return;
+    c = connect_or_fail(url, NULL);
+    kh_wire_conn *s = NULL;
+    KH_CHECK_RV(kh_wire_accept_pending(l, &s, soon(5000)), KH_WIRE_OK);
+    KH_CHECK_RV(kh_wire_handshake(s, soon(0)), KH_WIRE_OK);
+    kh_wire_close(s);
+    kh_wire_close(c);
+    kh_wire_listener_close(l);
+}
+
 int main(int argc, char **argv)
 {
     kh_test_register("/wire/url/forms", test_url_forms);
@@ -868,5 +973,6 @@ int main(int argc, char **argv)
     kh_test_register("/wire/tls/server-verified", test_tls_server_verified);
     kh_test_register("/wire/tls/refused", test_tls_refused);
     kh_test_register("/wire/tls/client-cert", test_tls_client_cert);
+    kh_test_register("/wire/tls/accept-pending", test_tls_accept_pending);
     return kh_test_run(argc, argv);
 }

@@ -14,9 +14,19 @@
  * that fails becomes a precise CK_RV through remote_rv(), the backend's one
  * translator from remote errors, which logs the native code once.
  *
- * Locking: the driver table has its own leaf lock (taken briefly, and
- * around a plugin's first load and init); no module lock is held while a
- * driver runs, so remote I/O never happens under the global lock.
+ * Per key, what a signature needs besides the signer's answer is made once
+ * and kept (rm_keys): the reference, unsealed from the key's blob, and a
+ * verifier of the stored public key (kh_verifier: the key parsed once, no
+ * decoding per call). An entry belongs to one login of its token (the
+ * token's login_gen, as in the vault key cache): a logout makes it dead, and
+ * the next login unseals the reference again. It is checked against the
+ * key's sealed blob on every use, so a changed object is never served from
+ * an old entry.
+ *
+ * Locking: the driver table and the per-key table each have their own leaf
+ * lock (taken briefly, and around a plugin's first load and init); no module
+ * lock is held while a driver runs or a signature is verified, so remote
+ * I/O never happens under the global lock.
  */
 #include <dlfcn.h>
 #include <stddef.h>
@@ -44,6 +54,31 @@ static struct {
     rm_driver drivers[KH_REMOTE_DRIVERS_MAX];
     size_t ndrivers;
 } rm;
+
+/* Entries kept at most; a full table is emptied and refilled on demand. */
+#define RM_KEYS_MAX 4096
+#define RM_KEYS_BUCKETS 256
+
+/* What one key's signatures need, made once per login (see the head comment). */
+typedef struct rm_key {
+    uint8_t token_uid[KH_UID_LEN];
+    uint8_t uid[KH_UID_LEN];
+    uint64_t login_gen;
+    uint8_t *sealed;            /* the blob ref was unsealed from */
+    size_t sealed_len;
+    kh_alg alg;                 /* of the public key verifier was made from */
+    char *ref;                  /* "<driver>:<rest>" */
+    kh_verifier *verifier;
+    unsigned refs;              /* the table's own + one per user; under rm_keys.lock */
+    bool linked;                /* still in the table */
+    struct rm_key *next;
+} rm_key;
+
+static struct {
+    kh_mutex *lock;
+    rm_key *buckets[RM_KEYS_BUCKETS];
+    size_t n;
+} rm_keys;
 
 /* ---- configuration ---- */
 
@@ -290,8 +325,166 @@ out_unlock:
     return rv;
 }
 
+/* ---- per-key state (rm_keys) ---- */
+
+static kh_mutex *rm_keys_lock_get(void)
+{
+    if (!rm_keys.lock) {
+        kh_mutex_lock(kh_mod.lock);
+        if (!rm_keys.lock && kh_mutex_new(&rm_keys.lock) != CKR_OK)
+            rm_keys.lock = NULL;
+        kh_mutex_unlock(kh_mod.lock);
+    }
+    return rm_keys.lock;
+}
+
+static size_t rm_key_bucket(const uint8_t uid[KH_UID_LEN])
+{
+    size_t h = 0;
+    for (size_t i = 0; i < KH_UID_LEN; i++)
+        h = h * 31 + uid[i];
+    return h % RM_KEYS_BUCKETS;
+}
+
+static void rm_key_free(rm_key *e)
+{
+    kh_verifier_free(e->verifier);
+    free(e->ref);
+    free(e->sealed);
+    free(e);
+}
+
+/* Drop one use; the last one frees (caller holds rm_keys.lock). */
+static void rm_key_unref_locked(rm_key *e)
+{
+    if (--e->refs == 0)
+        rm_key_free(e);
+}
+
+static void rm_key_unlink_locked(rm_key **link)
+{
+    rm_key *e = *link;
+    *link = e->next;
+    e->linked = false;
+    rm_keys.n--;
+    rm_key_unref_locked(e);
+}
+
+static void rm_keys_flush_locked(void)
+{
+    for (size_t b = 0; b < RM_KEYS_BUCKETS; b++)
+        while (rm_keys.buckets[b])
+            rm_key_unlink_locked(&rm_keys.buckets[b]);
+}
+
+static bool rm_key_matches(const rm_key *e, const kh_key *key, uint64_t gen)
+{
+    return e->login_gen == gen && !memcmp(e->uid, key->uid, KH_UID_LEN) &&
+           !memcmp(e->token_uid, key->token_uid, KH_UID_LEN) && e->alg == key->pub.alg &&
+           e->sealed_len == key->sealed_len && !memcmp(e->sealed, key->sealed, key->sealed_len);
+}
+
+static uint64_t token_login_gen(kh_token *tok)
+{
+    kh_mutex_lock(tok->lock);
+    uint64_t gen = tok->login_gen;
+    kh_mutex_unlock(tok->lock);
+    return gen;
+}
+
+static CK_RV key_ref(char *ref, struct kh_token *tok, const struct kh_key *key);
+
+/*
+ * The entry of key for the token's current login: found, or made (the
+ * reference unsealed, which needs the user's login; the public key parsed).
+ * Out: *out, with a use held (rm_key_put).
+ * Returns: CKR_OK; key_ref's errors; CKR_DEVICE_ERROR when the stored public
+ *          key cannot verify anything; CKR_HOST_MEMORY.
+ */
+static CK_RV rm_key_get(rm_key **out, kh_token *tok, const kh_key *key)
+{
+    uint64_t gen = token_login_gen(tok);
+    size_t b = rm_key_bucket(key->uid);
+    kh_mutex *l = rm_keys_lock_get();
+    if (!l)
+        return CKR_HOST_MEMORY;
+    kh_mutex_lock(l);
+    for (rm_key *e = rm_keys.buckets[b]; e; e = e->next)
+        if (rm_key_matches(e, key, gen)) {
+            e->refs++;
+            kh_mutex_unlock(l);
+            *out = e;
+            return CKR_OK;
+        }
+    kh_mutex_unlock(l);
+
+    char ref[KH_REMOTE_REF_MAX + 1];
+    rm_key *e = calloc(1, sizeof *e);
+    if (!e)
+        return CKR_HOST_MEMORY;
+    CK_RV rv = key_ref(ref, tok, key);
+    if (rv != CKR_OK) {
+        free(e);
+        return rv;
+    }
+    rv = kh_verifier_new(&e->verifier, &key->pub);
+    if (rv != CKR_OK) {
+        kh_log(KH_LOG_ERROR, "remote: the stored public key of object %lu cannot verify "
+               "signatures (0x%lx): refused", (unsigned long)key->handle, (unsigned long)rv);
+        rm_key_free(e);
+        return rv == CKR_HOST_MEMORY ? rv : CKR_DEVICE_ERROR;
+    }
+    e->ref = strdup(ref);
+    e->sealed = malloc(key->sealed_len);
+    if (!e->ref || !e->sealed) {
+        rm_key_free(e);
+        return CKR_HOST_MEMORY;
+    }
+    memcpy(e->sealed, key->sealed, key->sealed_len);
+    e->sealed_len = key->sealed_len;
+    memcpy(e->uid, key->uid, KH_UID_LEN);
+    memcpy(e->token_uid, key->token_uid, KH_UID_LEN);
+    e->login_gen = gen;
+    e->alg = key->pub.alg;
+    e->refs = 1;                /* the caller's */
+
+    kh_mutex_lock(l);
+    /* Entries of this key for other logins are dead; a full table starts over. */
+    for (rm_key **link = &rm_keys.buckets[b]; *link;) {
+        rm_key *o = *link;
+        if (!memcmp(o->uid, key->uid, KH_UID_LEN) && !memcmp(o->token_uid, key->token_uid, KH_UID_LEN))
+            rm_key_unlink_locked(link);
+        else
+            link = &o->next;
+    }
+    if (rm_keys.n >= RM_KEYS_MAX)
+        rm_keys_flush_locked();
+    e->refs++;                  /* the table's */
+    e->linked = true;
+    e->next = rm_keys.buckets[b];
+    rm_keys.buckets[b] = e;
+    rm_keys.n++;
+    kh_mutex_unlock(l);
+    *out = e;
+    return CKR_OK;
+}
+
+static void rm_key_put(rm_key *e)
+{
+    kh_mutex_lock(rm_keys.lock);
+    rm_key_unref_locked(e);
+    kh_mutex_unlock(rm_keys.lock);
+}
+
 static void remote_shutdown(void)
 {
+    if (rm_keys.lock) {
+        kh_mutex_lock(rm_keys.lock);
+        rm_keys_flush_locked();
+        kh_mutex_unlock(rm_keys.lock);
+        kh_mutex_free(rm_keys.lock);
+        rm_keys.lock = NULL;
+    }
     for (size_t i = 0; i < rm.ndrivers; i++) {
         rm_driver *d = &rm.drivers[i];
         if (d->ready && d->ops->fini)
@@ -316,6 +509,18 @@ static void remote_forked(void)
      * forgotten (leaked) and the plugin initialised again on first use.
      */
     rm.lock = NULL;
+    /* Per-key entries: forgotten like the lock; those a parent's thread was
+     * using cannot be freed safely and are left (bounded by RM_KEYS_MAX). */
+    rm_keys.lock = NULL;
+    for (size_t b = 0; b < RM_KEYS_BUCKETS; b++) {
+        for (rm_key *e = rm_keys.buckets[b], *next; e; e = next) {
+            next = e->next;
+            if (e->refs == 1)
+                rm_key_free(e);
+        }
+        rm_keys.buckets[b] = NULL;
+    }
+    rm_keys.n = 0;
     size_t keep = 0;
     for (size_t i = 0; i < rm.ndrivers; i++) {
         rm_driver *d = &rm.drivers[i];
@@ -573,7 +778,6 @@ static CK_RV remote_sign(struct kh_token *tok, const struct kh_key *key, kh_sigo
                          const kh_sigparams *params, const uint8_t *data, size_t data_len,
                          uint8_t *sig, size_t *siglen)
 {
-    char ref[KH_REMOTE_REF_MAX + 1];
     uint8_t out[KH_DRIVER_SIG_MAX];
     size_t out_len = 0, need = kh_crypto_sig_len(&key->pub, op);
     int format = KH_DRV_SIG_RAW;
@@ -611,35 +815,45 @@ static CK_RV remote_sign(struct kh_token *tok, const struct kh_key *key, kh_sigo
     default:
         return CKR_MECHANISM_INVALID;
     }
-    CK_RV rv = key_ref(ref, tok, key);
+    rm_key *e;
+    CK_RV rv = rm_key_get(&e, tok, key);
     if (rv != CKR_OK)
         return rv;
     rm_driver *d;
     const char *rest;
-    rv = driver_for(&d, &rest, ref, false);
+    rv = driver_for(&d, &rest, e->ref, false);
     if (rv != CKR_OK)
-        return rv;
+        goto out_put;
     uint64_t deadline = kh_wire_now_ms() + kh_mod.cfg.remote.timeout_ms;
     int st = d->ops->sign(d->state, out, &out_len, &format, msg, sizeof msg, rest, &req,
                           deadline);
-    if (st != KH_DRV_OK)
-        return remote_rv(st, false, d->name, "sign", msg);
-    if (out_len > sizeof out)
-        return remote_rv(KH_DRV_E_PROTO, false, d->name, "sign", "signature too long");
-    if (normalise(out, &out_len, sizeof out, format, &key->pub, op) != CKR_OK)
-        return remote_rv(KH_DRV_E_PROTO, false, d->name, "sign", "signature of the wrong shape");
+    if (st != KH_DRV_OK) {
+        rv = remote_rv(st, false, d->name, "sign", msg);
+        goto out_put;
+    }
+    if (out_len > sizeof out) {
+        rv = remote_rv(KH_DRV_E_PROTO, false, d->name, "sign", "signature too long");
+        goto out_put;
+    }
+    if (normalise(out, &out_len, sizeof out, format, &key->pub, op) != CKR_OK) {
+        rv = remote_rv(KH_DRV_E_PROTO, false, d->name, "sign", "signature of the wrong shape");
+        goto out_put;
+    }
     /* The answer is checked against the key registered, before anyone sees it. */
-    rv = kh_crypto_verify(&key->pub, op, params, data, data_len, out, out_len);
+    rv = kh_verifier_verify(e->verifier, op, params, data, data_len, out, out_len);
     if (rv != CKR_OK) {
         kh_log(KH_LOG_ERROR, "remote: %s sign: the signature does not verify with the stored "
                "public key of object %lu (0x%lx): refused", d->name, (unsigned long)key->handle,
                (unsigned long)rv);
         kh_wipe(out, sizeof out);
-        return CKR_DEVICE_ERROR;
+        rv = CKR_DEVICE_ERROR;
+        goto out_put;
     }
     memcpy(sig, out, out_len);
     *siglen = out_len;
-    return CKR_OK;
+out_put:
+    rm_key_put(e);
+    return rv;
 }
 
 const kh_backend_ops kh_backend_remote = {

@@ -183,14 +183,10 @@ static void set_msg(char *msg, size_t msglen, const char *fmt, ...)
  * Returns: KH_DRV_OK, the signer's error code, or a local failure.
  */
 static int exchange(sg_state *st, json_object **root, json_object **result, char *msg,
-                    size_t msglen, const char *url, const kh_wire_url *u, json_object *req,
-                    uint64_t id, uint64_t deadline_ms)
+                    size_t msglen, const char *url, const kh_wire_url *u, const char *text,
+                    size_t len, uint64_t id, uint64_t deadline_ms)
 {
     *root = *result = NULL;
-    size_t len;
-    const char *text = json_object_to_json_string_length(req, JSON_C_TO_STRING_PLAIN, &len);
-    if (!text)
-        return KH_DRV_E_NOMEM;
     if (len > KH_WIRE_FRAME_MAX) {
         set_msg(msg, msglen, "request of %zu bytes exceeds the frame cap", len);
         return KH_DRV_E_TOOBIG;
@@ -375,33 +371,6 @@ static int get_bin(uint8_t *out, size_t max, size_t *len, json_object *obj, cons
     return ok ? 1 : -1;
 }
 
-static json_object *hex_string(const uint8_t *p, size_t n)
-{
-    static const char digits[] = "0123456789abcdef";
-    char *s = malloc(2 * n + 1);
-    if (!s)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        s[2 * i] = digits[p[i] >> 4];
-        s[2 * i + 1] = digits[p[i] & 15];
-    }
-    json_object *o = json_object_new_string_len(s, (int)(2 * n));
-    free(s);
-    return o;
-}
-
-static json_object *b64_string(const uint8_t *p, size_t n)
-{
-    size_t cap = 4 * ((n + 2) / 3) + 1;
-    char *s = malloc(cap);
-    if (!s)
-        return NULL;
-    int len = EVP_EncodeBlock((unsigned char *)s, p, (int)n);
-    json_object *o = json_object_new_string_len(s, len);
-    free(s);
-    return o;
-}
-
 /* Add member name = val to obj; false when val is NULL (out of memory). */
 static bool put(json_object *obj, const char *name, json_object *val)
 {
@@ -495,7 +464,10 @@ static int sg_public_key(void *state, kh_driver_pubkey *pub, char *msg, size_t m
     json_object *req = request_new(&params, "public_key", key, id);
     if (!req)
         return KH_DRV_E_NOMEM;
-    status = exchange(st, &root, &res, msg, msglen, url, &u, req, id, deadline_ms);
+    size_t len;
+    const char *text = json_object_to_json_string_length(req, JSON_C_TO_STRING_PLAIN, &len);
+    status = text ? exchange(st, &root, &res, msg, msglen, url, &u, text, len, id, deadline_ms)
+                  : KH_DRV_E_NOMEM;
     json_object_put(req);
     if (status != KH_DRV_OK)
         return status;
@@ -561,33 +533,77 @@ static const char *hash_name(uint32_t h)
     }
 }
 
-/* The sign params for req (besides key). */
-static bool sign_params(json_object *params, const kh_driver_sign_req *req)
+/*
+ * A sign request's text, written directly (no JSON object tree): the
+ * protocol's fixed members, the key id as a JSON string, the data in hex
+ * (or base64 for eddsa). Returns: malloc'd text and *len, or NULL (an
+ * unknown algorithm or hash, or out of memory).
+ */
+static char *sign_request_text(size_t *len, const char *key, const kh_driver_sign_req *req,
+                               uint64_t id)
 {
-    const char *alg = alg_name(req->algorithm);
-    if (!alg || !put(params, "algorithm", json_object_new_string(alg)))
-        return false;
+    static const char digits[] = "0123456789abcdef";
+    const char *alg = alg_name(req->algorithm), *field = "digest";
+    const char *h = NULL, *m = NULL;
+    bool b64 = false;
+
+    if (!alg)
+        return NULL;
     switch (req->algorithm) {
-    case KH_DRV_ALG_ECDSA:
-    case KH_DRV_ALG_ECDSA_RECOVERABLE:
-        return put(params, "digest", hex_string(req->data, req->data_len));
-    case KH_DRV_ALG_BIP340:
-        if (!put(params, "message", hex_string(req->data, req->data_len)))
-            return false;
-        return !req->aux || put(params, "aux", hex_string(req->aux, req->aux_len));
-    case KH_DRV_ALG_EDDSA:
-        return put(params, "message_b64", b64_string(req->data, req->data_len));
-    case KH_DRV_ALG_RSA_PKCS1:
-        return put(params, "data", hex_string(req->data, req->data_len));
-    case KH_DRV_ALG_RSA_PSS: {
-        const char *h = hash_name(req->pss_hash), *m = hash_name(req->pss_mgf_hash);
-        return h && m && put(params, "digest", hex_string(req->data, req->data_len)) &&
-               put(params, "hash", json_object_new_string(h)) &&
-               put(params, "mgf_hash", json_object_new_string(m)) &&
-               put(params, "salt_len", json_object_new_int64((int64_t)req->pss_salt_len));
+    case KH_DRV_ALG_BIP340: field = "message"; break;
+    case KH_DRV_ALG_EDDSA: field = "message_b64"; b64 = true; break;
+    case KH_DRV_ALG_RSA_PKCS1: field = "data"; break;
+    case KH_DRV_ALG_RSA_PSS:
+        h = hash_name(req->pss_hash);
+        m = hash_name(req->pss_mgf_hash);
+        if (!h || !m)
+            return NULL;
+        break;
+    default: break;
     }
+    size_t klen = strlen(key);
+    size_t dlen = b64 ? 4 * ((req->data_len + 2) / 3) : 2 * req->data_len;
+    /* fixed text (at most ~190 bytes with rsa_pss and a 20-digit id), the
+     * key id escaped (at most 6 bytes per byte), the data, aux, a NUL */
+    size_t cap = 320 + 6 * klen + dlen + (req->aux ? 2 * req->aux_len + 16 : 0);
+    char *t = malloc(cap), *p = t;
+    if (!t)
+        return NULL;
+    p += sprintf(p, "{\"method\":\"sign\",\"params\":{\"key\":\"");
+    for (const unsigned char *k = (const unsigned char *)key; *k; k++) {
+        if (*k == '"' || *k == '\\') {
+            *p++ = '\\';
+            *p++ = (char)*k;
+        } else if (*k < 0x20 || *k == 0x7f) {
+            p += sprintf(p, "\\u%04x", *k);
+        } else {
+            *p++ = (char)*k;
+        }
     }
-    return false;
+    p += sprintf(p, "\",\"algorithm\":\"%s\",\"%s\":\"", alg, field);
+    if (b64) {
+        p += EVP_EncodeBlock((unsigned char *)p, req->data, (int)req->data_len);
+    } else {
+        for (size_t i = 0; i < req->data_len; i++) {
+            *p++ = digits[req->data[i] >> 4];
+            *p++ = digits[req->data[i] & 15];
+        }
+    }
+    *p++ = '"';
+    if (req->algorithm == KH_DRV_ALG_BIP340 && req->aux) {
+        p += sprintf(p, ",\"aux\":\"");
+        for (size_t i = 0; i < req->aux_len; i++) {
+            *p++ = digits[req->aux[i] >> 4];
+            *p++ = digits[req->aux[i] & 15];
+        }
+        *p++ = '"';
+    }
+    if (req->algorithm == KH_DRV_ALG_RSA_PSS)
+        p += sprintf(p, ",\"hash\":\"%s\",\"mgf_hash\":\"%s\",\"salt_len\":%llu", h, m,
+                     (unsigned long long)req->pss_salt_len);
+    p += sprintf(p, "},\"id\":%llu}", (unsigned long long)id);
+    *len = (size_t)(p - t);
+    return t;
 }
 
 static int sg_sign(void *state, uint8_t *sig, size_t *sig_len, int *format, char *msg,
@@ -607,16 +623,13 @@ static int sg_sign(void *state, uint8_t *sig, size_t *sig_len, int *format, char
         return KH_DRV_E_TOOBIG;
     }
     uint64_t id = atomic_fetch_add(&st->next_id, 1);
-    json_object *params, *root, *res;
-    json_object *req_obj = request_new(&params, "sign", key, id);
-    if (!req_obj)
+    json_object *root, *res;
+    size_t len;
+    char *text = sign_request_text(&len, key, req, id);
+    if (!text)
         return KH_DRV_E_NOMEM;
-    if (!sign_params(params, req)) {
-        json_object_put(req_obj);
-        return KH_DRV_E_NOMEM;
-    }
-    status = exchange(st, &root, &res, msg, msglen, url, &u, req_obj, id, deadline_ms);
-    json_object_put(req_obj);
+    status = exchange(st, &root, &res, msg, msglen, url, &u, text, len, id, deadline_ms);
+    free(text);
     if (status != KH_DRV_OK)
         return status;
     int raw = get_bin(sig, KH_DRIVER_SIG_MAX, sig_len, res, "signature");

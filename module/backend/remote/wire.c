@@ -47,6 +47,7 @@ struct kh_wire_conn {
     int fd;
     SSL *ssl;                /* NULL: plain stream */
     bool broken;             /* a transport error happened: unusable */
+    bool handshake_pending;  /* accepted tls: the server handshake is still to run */
 };
 
 struct kh_wire_listener {
@@ -773,6 +774,9 @@ int kh_wire_send(kh_wire_conn *conn, const char *json, size_t len, uint64_t dead
         detail("frame of %zu bytes exceeds the cap", len);
         return KH_WIRE_ETOOBIG;
     }
+    int hrc = kh_wire_handshake(conn, deadline_ms);
+    if (hrc != KH_WIRE_OK)
+        return hrc;
     /* One write for header and body: one segment, one TLS record for small frames. */
     uint8_t stackbuf[4096];
     uint8_t *buf = len + 4 <= sizeof stackbuf ? stackbuf : malloc(len + 4);
@@ -802,8 +806,11 @@ int kh_wire_recv(kh_wire_conn *conn, char **json, size_t *len, size_t cap, uint6
     }
     if (cap > KH_WIRE_FRAME_MAX)
         cap = KH_WIRE_FRAME_MAX;
+    int rc = kh_wire_handshake(conn, deadline_ms);
+    if (rc != KH_WIRE_OK)
+        return rc;
     uint8_t hdr[4];
-    int rc = conn_read(conn, hdr, sizeof hdr, deadline_ms);
+    rc = conn_read(conn, hdr, sizeof hdr, deadline_ms);
     if (rc != KH_WIRE_OK)
         goto out_broken;
     uint32_t n = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 | hdr[3];
@@ -834,6 +841,13 @@ out_broken:
 int kh_wire_conn_fd(const kh_wire_conn *conn)
 {
     return conn ? conn->fd : -1;
+}
+
+bool kh_wire_conn_buffered(const kh_wire_conn *conn)
+{
+    /* Plain streams read exactly a frame's bytes and keep nothing back. */
+    return conn && !conn->broken && conn->ssl && !conn->handshake_pending &&
+           (SSL_pending(conn->ssl) > 0 || SSL_has_pending(conn->ssl));
 }
 
 bool kh_wire_conn_idle_ok(kh_wire_conn *conn)
@@ -871,7 +885,7 @@ void kh_wire_close(kh_wire_conn *conn)
     if (!conn)
         return;
     if (conn->ssl) {
-        if (!conn->broken)
+        if (!conn->broken && !conn->handshake_pending)
             SSL_shutdown(conn->ssl);   /* best effort, non-blocking: one close_notify */
         SSL_free(conn->ssl);
         ERR_clear_error();
@@ -1062,7 +1076,7 @@ int kh_wire_listener_fd(const kh_wire_listener *listener)
     return listener ? listener->fd : -1;
 }
 
-int kh_wire_accept(kh_wire_listener *listener, kh_wire_conn **conn, uint64_t deadline_ms)
+int kh_wire_accept_pending(kh_wire_listener *listener, kh_wire_conn **conn, uint64_t deadline_ms)
 {
     *conn = NULL;
     wire_detail[0] = '\0';
@@ -1094,13 +1108,47 @@ int kh_wire_accept(kh_wire_listener *listener, kh_wire_conn **conn, uint64_t dea
     if (listener->ctx) {
         c->ssl = SSL_new(listener->ctx);
         int rc = c->ssl ? ssl_set_fd(c->ssl, fd) : KH_WIRE_ENOMEM;
-        if (rc == KH_WIRE_OK)
-            rc = ssl_drive(c, STEP_ACCEPT, NULL, 0, NULL, deadline_ms);
         if (rc != KH_WIRE_OK) {
+            if (!c->ssl)
+                detail_ssl("SSL_new");
             c->broken = true;
             kh_wire_close(c);
             return rc;
         }
+        SSL_set_accept_state(c->ssl);
+        c->handshake_pending = true;
+    }
+    *conn = c;
+    return KH_WIRE_OK;
+}
+
+int kh_wire_handshake(kh_wire_conn *conn, uint64_t deadline_ms)
+{
+    if (!conn || conn->broken) {
+        detail("connection unusable after an earlier error");
+        return KH_WIRE_EIO;
+    }
+    if (!conn->handshake_pending)
+        return KH_WIRE_OK;
+    int rc = ssl_drive(conn, STEP_ACCEPT, NULL, 0, NULL, deadline_ms);
+    if (rc != KH_WIRE_OK) {
+        conn->broken = true;
+        return rc;
+    }
+    conn->handshake_pending = false;
+    return KH_WIRE_OK;
+}
+
+int kh_wire_accept(kh_wire_listener *listener, kh_wire_conn **conn, uint64_t deadline_ms)
+{
+    kh_wire_conn *c;
+    int rc = kh_wire_accept_pending(listener, &c, deadline_ms);
+    if (rc != KH_WIRE_OK)
+        return rc;
+    rc = kh_wire_handshake(c, deadline_ms);
+    if (rc != KH_WIRE_OK) {
+        kh_wire_close(c);
+        return rc;
     }
     *conn = c;
     return KH_WIRE_OK;

@@ -104,6 +104,14 @@ int kh_wire_recv(kh_wire_conn *conn, char **json, size_t *len, size_t cap, uint6
 int kh_wire_conn_fd(const kh_wire_conn *conn);
 
 /*
+ * True when bytes of the stream were already received and wait inside conn
+ * (tls: a record that held more than the last frame, e.g. requests a client
+ * wrote back to back): poll() on the socket does not see them, so a server
+ * calls kh_wire_recv at once instead of waiting. Never blocks.
+ */
+bool kh_wire_conn_buffered(const kh_wire_conn *conn);
+
+/*
  * For a pool of idle client connections: true when conn shows no sign of
  * being dead (no EOF, error or unsolicited data pending). Never blocks. A
  * true answer is no promise: the peer may still be gone by the next send.
@@ -145,6 +153,29 @@ int kh_wire_listener_fd(const kh_wire_listener *listener);
  * deadline_ms). Out: conn.
  */
 int kh_wire_accept(kh_wire_listener *listener, kh_wire_conn **conn, uint64_t deadline_ms);
+
+/*
+ * Accepts one connection (waiting for one until deadline_ms) but leaves the
+ * TLS handshake of a tls listener's connection to kh_wire_handshake, so a
+ * server can hand the connection to its own thread at once: a client that
+ * stalls its handshake then holds up only that thread, never the accepting
+ * one. Plain transports are ready as returned.
+ * Out: conn (close with kh_wire_close, handshake done or not).
+ * Returns: KH_WIRE_OK, KH_WIRE_ETIMEDOUT, KH_WIRE_ENOMEM (out of
+ *          descriptors or memory), KH_WIRE_EIO.
+ */
+int kh_wire_accept_pending(kh_wire_listener *listener, kh_wire_conn **conn, uint64_t deadline_ms);
+
+/*
+ * Runs the server side of the TLS handshake of a connection from
+ * kh_wire_accept_pending before deadline_ms (client certificate checked
+ * when the listener asks for one). KH_WIRE_OK at once when there is nothing
+ * to do (plain transport, handshake done). kh_wire_send and kh_wire_recv
+ * run a pending handshake themselves, within their own deadline.
+ * Returns: KH_WIRE_OK, KH_WIRE_ETLS, KH_WIRE_ETIMEDOUT, ...; on failure the
+ *          connection is unusable.
+ */
+int kh_wire_handshake(kh_wire_conn *conn, uint64_t deadline_ms);
 
 /* Stops listening, removes a unix socket file it created, frees. */
 void kh_wire_listener_close(kh_wire_listener *listener);

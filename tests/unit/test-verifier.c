@@ -1,0 +1,389 @@
+/*
+ * Tests for kh_verifier (module/crypto.c): a public key parsed once gives
+ * exactly kh_crypto_verify's answer. Every Wycheproof case of every key type
+ * is checked both ways and the two results must be equal; round trips cover
+ * each op (ECDSA, recoverable ECDSA, BIP-340, EdDSA, RSA PKCS#1 and PSS);
+ * malformed keys are refused when the verifier is made; and one verifier is
+ * used by several threads at once.
+ */
+#include "crypto.h"
+#include "testutil.h"
+#include "vectors.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Test data from the run's seed, so a failure replays with KH_TEST_SEED. */
+static void fill_rand(uint8_t *buf, size_t len)
+{
+    static uint64_t state;
+
+    if (!state)
+        state = kh_test_seed() | 1;
+    for (size_t i = 0; i < len; i++) {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        buf[i] = (uint8_t)((state * 0x2545F4914F6CDD1DULL) >> 56);
+    }
+}
+
+/*
+ * kh_crypto_verify(pub, ...) and a fresh verifier of pub must agree (a key the
+ * verifier refuses must be one kh_crypto_verify refuses with the same code).
+ * Returns: kh_crypto_verify's answer.
+ */
+static CK_RV verify_both(const kh_pubkey *pub, const kh_verifier *v, CK_RV v_rv, kh_sigop op,
+                         const kh_sigparams *prm, const uint8_t *data, size_t len,
+                         const uint8_t *sig, size_t siglen)
+{
+    CK_RV want = kh_crypto_verify(pub, op, prm, data, len, sig, siglen);
+    CK_RV got = v ? kh_verifier_verify(v, op, prm, data, len, sig, siglen) : v_rv;
+
+    KH_CHECK_RV(got, want);
+    return want;
+}
+
+/* ---- Wycheproof: the same verdict both ways ---------------------------- */
+
+enum wp_kind { WP_ECDSA, WP_EDDSA, WP_RSA_PKCS1, WP_RSA_PSS };
+
+struct wp_ctx {
+    enum wp_kind kind;
+    kh_alg alg;
+    kh_pubkey pub;
+    kh_hash hash;
+    kh_sigparams prm;
+    kh_verifier *v;
+    CK_RV v_rv;
+};
+
+static kh_hash hash_by_name(const char *s)
+{
+    static const struct { const char *name; kh_hash h; } t[] = {
+        { "SHA-1", KH_HASH_SHA1 }, { "SHA-224", KH_HASH_SHA224 }, { "SHA-256", KH_HASH_SHA256 },
+        { "SHA-384", KH_HASH_SHA384 }, { "SHA-512", KH_HASH_SHA512 },
+    };
+
+    for (size_t i = 0; s && i < sizeof t / sizeof t[0]; i++)
+        if (!strcmp(s, t[i].name))
+            return t[i].h;
+    return KH_HASH_NONE;
+}
+
+/* n or e of a Wycheproof RSA key (hex, maybe with leading zero bytes). */
+static bool wp_rsa_int(uint8_t *out, size_t cap, size_t *len, const char *hex)
+{
+    size_t n = 0, off = 0;
+    uint8_t *b = hex ? kh_test_unhex(hex, &n) : NULL;
+
+    if (!b)
+        return false;
+    while (off < n && b[off] == 0)
+        off++;
+    if (n - off > cap) {
+        free(b);
+        return false;
+    }
+    memcpy(out, b + off, n - off);
+    *len = n - off;
+    free(b);
+    return true;
+}
+
+static enum kh_vec_group wp_group(void *ctx, json_object *g)
+{
+    struct wp_ctx *w = ctx;
+    json_object *pk = kh_vec_jobj(g, "publicKey");
+    const char *s;
+
+    memset(&w->pub, 0, sizeof w->pub);
+    memset(&w->prm, 0, sizeof w->prm);
+    w->v = NULL;
+    w->pub.alg = w->alg;
+    w->hash = hash_by_name(kh_vec_jstr(g, "sha"));
+    if (!pk)
+        return KH_VEC_GROUP_BAD;
+    switch (w->kind) {
+    case WP_ECDSA:
+    case WP_EDDSA:
+        s = kh_vec_jstr(pk, w->kind == WP_ECDSA ? "uncompressed" : "pk");
+        if (!s || (w->kind == WP_ECDSA && w->hash == KH_HASH_NONE))
+            return KH_VEC_GROUP_BAD;
+        w->pub.point_len = kh_vec_unhex_to(w->pub.point, sizeof w->pub.point, s);
+        break;
+    case WP_RSA_PKCS1:
+    case WP_RSA_PSS:
+        if (w->hash == KH_HASH_NONE ||
+            !wp_rsa_int(w->pub.n, sizeof w->pub.n, &w->pub.n_len, kh_vec_jstr(pk, "modulus")) ||
+            !wp_rsa_int(w->pub.e, sizeof w->pub.e, &w->pub.e_len, kh_vec_jstr(pk, "publicExponent")))
+            return KH_VEC_GROUP_BAD;
+        if (w->kind == WP_RSA_PSS) {
+            s = kh_vec_jstr(g, "mgf");
+            if (!s || strcmp(s, "MGF1") != 0)
+                return KH_VEC_GROUP_BAD;
+            w->prm.pss_hash = w->hash;
+            w->prm.pss_mgf_hash = hash_by_name(kh_vec_jstr(g, "mgfSha"));
+            w->prm.pss_salt_len = (size_t)json_object_get_int(kh_vec_jobj(g, "sLen"));
+        }
+        break;
+    }
+    w->v_rv = kh_verifier_new(&w->v, &w->pub);
+    KH_CHECK((w->v_rv == CKR_OK) == (w->v != NULL));
+    return KH_VEC_GROUP_OK;
+}
+
+static void wp_group_end(void *ctx)
+{
+    struct wp_ctx *w = ctx;
+
+    kh_verifier_free(w->v);
+    w->v = NULL;
+}
+
+static CK_RV wp_verify(void *ctx, int tc, const uint8_t *msg, size_t msg_len, const uint8_t *sig,
+                       size_t sig_len)
+{
+    struct wp_ctx *w = ctx;
+    uint8_t dig[64], di[19 + 64];
+    size_t hlen = kh_hash_len(w->hash), plen;
+    const uint8_t *pfx;
+
+    (void)tc;
+    switch (w->kind) {
+    case WP_ECDSA:
+        KH_CHECK_RV(kh_hash_oneshot(dig, w->hash, msg, msg_len), CKR_OK);
+        return verify_both(&w->pub, w->v, w->v_rv, KH_OP_ECDSA, NULL, dig, hlen, sig, sig_len);
+    case WP_EDDSA:
+        return verify_both(&w->pub, w->v, w->v_rv, KH_OP_EDDSA, NULL, msg, msg_len, sig, sig_len);
+    case WP_RSA_PKCS1:
+        pfx = kh_hash_digestinfo_prefix(w->hash, &plen);
+        memcpy(di, pfx, plen);
+        KH_CHECK_RV(kh_hash_oneshot(di + plen, w->hash, msg, msg_len), CKR_OK);
+        return verify_both(&w->pub, w->v, w->v_rv, KH_OP_RSA_PKCS, NULL, di, plen + hlen, sig,
+                           sig_len);
+    case WP_RSA_PSS:
+        KH_CHECK_RV(kh_hash_oneshot(dig, w->hash, msg, msg_len), CKR_OK);
+        return verify_both(&w->pub, w->v, w->v_rv, KH_OP_RSA_PSS, &w->prm, dig, hlen, sig, sig_len);
+    }
+    return CKR_GENERAL_ERROR;
+}
+
+static void wycheproof(const char *file, enum wp_kind kind, kh_alg alg)
+{
+    static const struct kh_vec_wp_ops ops = { .group = wp_group, .verify = wp_verify,
+                                              .group_end = wp_group_end };
+    struct wp_ctx w = { .kind = kind, .alg = alg };
+
+    kh_vec_wycheproof(file, &ops, &w, NULL);
+}
+
+static void test_wp_k1(void)
+{
+    wycheproof("wycheproof_ecdsa_secp256k1_sha256_p1363_test.json", WP_ECDSA, KH_ALG_SECP256K1);
+}
+
+static void test_wp_p256(void)
+{
+    wycheproof("wycheproof_ecdsa_secp256r1_sha256_p1363_test.json", WP_ECDSA, KH_ALG_P256);
+}
+
+static void test_wp_p384(void)
+{
+    wycheproof("wycheproof_ecdsa_secp384r1_sha384_p1363_test.json", WP_ECDSA, KH_ALG_P384);
+}
+
+static void test_wp_ed25519(void)
+{
+    wycheproof("wycheproof_ed25519_test.json", WP_EDDSA, KH_ALG_ED25519);
+}
+
+static void test_wp_rsa_pkcs1(void)
+{
+    wycheproof("wycheproof_rsa_signature_2048_sha256_test.json", WP_RSA_PKCS1, KH_ALG_RSA);
+}
+
+static void test_wp_rsa_pss(void)
+{
+    wycheproof("wycheproof_rsa_pss_2048_sha256_mgf1_32_test.json", WP_RSA_PSS, KH_ALG_RSA);
+}
+
+/* ---- round trips: every op, tampering rejected the same way ------------ */
+
+static void roundtrip(const kh_softkey *key, const kh_pubkey *pub, kh_sigop op,
+                      const kh_sigparams *prm, size_t len)
+{
+    uint8_t data[64], sig[KH_RSA_MAX_BYTES], bad[KH_RSA_MAX_BYTES];
+    size_t siglen = sizeof sig;
+    kh_verifier *v = NULL;
+
+    fill_rand(data, len);
+    KH_CHECK_RV(kh_verifier_new(&v, pub), CKR_OK);
+    KH_CHECK_RV(kh_softkey_sign(key, op, prm, data, len, sig, &siglen), CKR_OK);
+    KH_CHECK_RV(verify_both(pub, v, CKR_OK, op, prm, data, len, sig, siglen), CKR_OK);
+    memcpy(bad, sig, siglen);
+    bad[siglen / 3] ^= 0x01;
+    KH_CHECK_RV(verify_both(pub, v, CKR_OK, op, prm, data, len, bad, siglen), CKR_SIGNATURE_INVALID);
+    verify_both(pub, v, CKR_OK, op, prm, data, len, sig, siglen - 1);
+    verify_both(pub, v, CKR_OK, op, prm, data, len, NULL, 0);
+    if (len > 0) {
+        data[0] ^= 0x01;   /* the first byte: ECDSA truncates long digests */
+        KH_CHECK_RV(verify_both(pub, v, CKR_OK, op, prm, data, len, sig, siglen),
+                    CKR_SIGNATURE_INVALID);
+    }
+    /* An op that does not fit the key. */
+    verify_both(pub, v, CKR_OK, op == KH_OP_EDDSA ? KH_OP_ECDSA : KH_OP_EDDSA, prm, data, len,
+                sig, siglen);
+    kh_verifier_free(v);
+}
+
+static void gen_load(kh_alg alg, unsigned bits, kh_pubkey *pub, kh_softkey **key)
+{
+    uint8_t *sec = NULL;
+    size_t sec_len = 0;
+
+    KH_CHECK_RV(kh_crypto_generate(pub, &sec, &sec_len, alg, bits), CKR_OK);
+    KH_CHECK_RV(kh_softkey_load(key, alg, sec, sec_len), CKR_OK);
+    kh_crypto_secret_free(sec, sec_len);
+}
+
+static void test_roundtrip(void)
+{
+    kh_sigparams pss = { .pss_hash = KH_HASH_SHA256, .pss_mgf_hash = KH_HASH_SHA256,
+                         .pss_salt_len = 32 };
+    kh_pubkey pub;
+    kh_softkey *key = NULL;
+
+    gen_load(KH_ALG_SECP256K1, 0, &pub, &key);
+    roundtrip(key, &pub, KH_OP_ECDSA, NULL, 32);
+    roundtrip(key, &pub, KH_OP_ECDSA_RECOVER, NULL, 32);
+    roundtrip(key, &pub, KH_OP_BIP340, NULL, 32);
+    kh_softkey_free(key);
+    gen_load(KH_ALG_P256, 0, &pub, &key);
+    roundtrip(key, &pub, KH_OP_ECDSA, NULL, 32);
+    roundtrip(key, &pub, KH_OP_ECDSA, NULL, 20);
+    kh_softkey_free(key);
+    gen_load(KH_ALG_P384, 0, &pub, &key);
+    roundtrip(key, &pub, KH_OP_ECDSA, NULL, 48);
+    kh_softkey_free(key);
+    gen_load(KH_ALG_ED25519, 0, &pub, &key);
+    roundtrip(key, &pub, KH_OP_EDDSA, NULL, 0);
+    roundtrip(key, &pub, KH_OP_EDDSA, NULL, 64);
+    kh_softkey_free(key);
+    gen_load(KH_ALG_RSA, 2048, &pub, &key);
+    roundtrip(key, &pub, KH_OP_RSA_PKCS, NULL, 51);
+    roundtrip(key, &pub, KH_OP_RSA_PSS, &pss, 32);
+    kh_softkey_free(key);
+}
+
+/* ---- malformed keys are refused when the verifier is made -------------- */
+
+static void test_bad_keys(void)
+{
+    kh_pubkey pub;
+    kh_verifier *v = (kh_verifier *)&pub;   /* must come back NULL */
+
+    memset(&pub, 0, sizeof pub);
+    pub.alg = KH_ALG_P256;
+    pub.point_len = 65;
+    pub.point[0] = 0x04;
+    pub.point[64] = 7;                       /* (0, 7): not on P-256 */
+    KH_CHECK_RV(kh_verifier_new(&v, &pub), CKR_PUBLIC_KEY_INVALID);
+    KH_CHECK(v == NULL);
+    pub.alg = KH_ALG_SECP256K1;
+    KH_CHECK_RV(kh_verifier_new(&v, &pub), CKR_PUBLIC_KEY_INVALID);
+    pub.alg = KH_ALG_P384;
+    KH_CHECK_RV(kh_verifier_new(&v, &pub), CKR_PUBLIC_KEY_INVALID);
+    pub.alg = KH_ALG_ED25519;
+    pub.point_len = 31;
+    KH_CHECK_RV(kh_verifier_new(&v, &pub), CKR_PUBLIC_KEY_INVALID);
+    pub.alg = KH_ALG_RSA;
+    pub.n_len = 128;                         /* 1024 bits */
+    memset(pub.n, 0xc5, pub.n_len);
+    pub.e_len = 3;
+    memcpy(pub.e, "\x01\x00\x01", 3);
+    KH_CHECK_RV(kh_verifier_new(&v, &pub), CKR_KEY_SIZE_RANGE);
+    pub.alg = KH_ALG_NONE;
+    KH_CHECK_RV(kh_verifier_new(&v, &pub), CKR_KEY_TYPE_INCONSISTENT);
+    KH_CHECK_RV(kh_verifier_new(&v, NULL), CKR_ARGUMENTS_BAD);
+    KH_CHECK_RV(kh_verifier_verify(NULL, KH_OP_ECDSA, NULL, pub.point, 32, pub.point, 64),
+                CKR_ARGUMENTS_BAD);
+    kh_verifier_free(NULL);
+}
+
+/* ---- one verifier, several threads ------------------------------------- */
+
+struct thr_arg {
+    const kh_softkey *key;
+    const kh_verifier *v;
+    kh_sigop op;
+    int fails;
+};
+
+static void *thr_main(void *p)
+{
+    struct thr_arg *a = p;
+    uint8_t d[32], sig[128];
+    size_t l;
+
+    for (int i = 0; i < 100; i++) {
+        if (kh_crypto_random(d, sizeof d) != CKR_OK) {
+            a->fails++;
+            continue;
+        }
+        l = sizeof sig;
+        if (kh_softkey_sign(a->key, a->op, NULL, d, 32, sig, &l) != CKR_OK ||
+            kh_verifier_verify(a->v, a->op, NULL, d, 32, sig, l) != CKR_OK)
+            a->fails++;
+        sig[5] ^= 0x10;
+        if (kh_verifier_verify(a->v, a->op, NULL, d, 32, sig, l) != CKR_SIGNATURE_INVALID)
+            a->fails++;
+    }
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    static const kh_alg algs[3] = { KH_ALG_SECP256K1, KH_ALG_P256, KH_ALG_ED25519 };
+    static const kh_sigop ops[3] = { KH_OP_ECDSA, KH_OP_ECDSA, KH_OP_EDDSA };
+    kh_pubkey pub[3];
+    kh_softkey *key[3] = { NULL, NULL, NULL };
+    kh_verifier *v[3] = { NULL, NULL, NULL };
+    struct thr_arg args[6];
+    pthread_t th[6];
+
+    for (int k = 0; k < 3; k++) {
+        gen_load(algs[k], 0, &pub[k], &key[k]);
+        KH_CHECK_RV(kh_verifier_new(&v[k], &pub[k]), CKR_OK);
+        if (!key[k] || !v[k])
+            goto out;
+    }
+    for (int i = 0; i < 6; i++) {
+        args[i] = (struct thr_arg){ .key = key[i % 3], .v = v[i % 3], .op = ops[i % 3] };
+        KH_CHECK(pthread_create(&th[i], NULL, thr_main, &args[i]) == 0);
+    }
+    for (int i = 0; i < 6; i++) {
+        pthread_join(th[i], NULL);
+        KH_CHECK(args[i].fails == 0);
+    }
+out:
+    for (int k = 0; k < 3; k++) {
+        kh_verifier_free(v[k]);
+        kh_softkey_free(key[k]);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    kh_test_register("/verifier/wycheproof/secp256k1", test_wp_k1);
+    kh_test_register("/verifier/wycheproof/p256", test_wp_p256);
+    kh_test_register("/verifier/wycheproof/p384", test_wp_p384);
+    kh_test_register("/verifier/wycheproof/ed25519", test_wp_ed25519);
+    kh_test_register("/verifier/wycheproof/rsa-pkcs1", test_wp_rsa_pkcs1);
+    kh_test_register("/verifier/wycheproof/rsa-pss", test_wp_rsa_pss);
+    kh_test_register("/verifier/roundtrip", test_roundtrip);
+    kh_test_register("/verifier/bad-keys", test_bad_keys);
+    kh_test_register("/verifier/threads", test_threads);
+    return kh_test_run(argc, argv);
+}
