@@ -158,6 +158,41 @@ static CK_RV config_read_file(kh_config *cfg, const char *path)
                 break;
             }
             cfg->default_backend = b;
+        } else if (!strcmp(key, "tcti")) {
+            if (strlen(val) >= sizeof cfg->tcti || !*val) {
+                kh_log(KH_LOG_ERROR, "%s:%u: tcti is empty or too long", path, lineno);
+                rv = CKR_GENERAL_ERROR;
+                break;
+            }
+            snprintf(cfg->tcti, sizeof cfg->tcti, "%s", val);
+            cfg->tcti_set = true;
+        } else if (!strcmp(key, "tpm_primary")) {
+            char *hend;
+            unsigned long h = strtoul(val, &hend, 0);
+            if (*hend || h < 0x81000000UL || h > 0x81FFFFFFUL) {
+                kh_log(KH_LOG_ERROR, "%s:%u: tpm_primary is not a persistent handle (0x81xxxxxx)", path,
+                       lineno);
+                rv = CKR_GENERAL_ERROR;
+                break;
+            }
+            cfg->tpm_primary = (uint32_t)h;
+        } else if (!strcmp(key, "tpm_handles")) {
+            cfg->tpm_handles = (unsigned)strtoul(val, NULL, 10);
+        } else if (!strcmp(key, "tpm_timeout")) {
+            cfg->tpm_timeout_ms = (unsigned)strtoul(val, NULL, 10);
+        } else if (!strcmp(key, "tpm_seal")) {
+            if (!strcmp(val, "auto"))
+                cfg->tpm_seal = KH_TPM_SEAL_AUTO;
+            else if (parse_bool(val))
+                cfg->tpm_seal = KH_TPM_SEAL_ON;
+            else if (!strcmp(val, "0") || !strcasecmp(val, "off") || !strcasecmp(val, "no") ||
+                     !strcasecmp(val, "false"))
+                cfg->tpm_seal = KH_TPM_SEAL_OFF;
+            else {
+                kh_log(KH_LOG_ERROR, "%s:%u: tpm_seal is auto, on or off", path, lineno);
+                rv = CKR_GENERAL_ERROR;
+                break;
+            }
         } else if (!strcmp(key, "log_level")) {
             cfg->log_level = !strcmp(val, "error") ? KH_LOG_ERROR : !strcmp(val, "warn") ? KH_LOG_WARN
                 : !strcmp(val, "info") ? KH_LOG_INFO : !strcmp(val, "debug") ? KH_LOG_DEBUG : 0;
@@ -185,6 +220,15 @@ CK_RV kh_config_load(kh_config *cfg)
     const char *store = getenv("KEYHOLD_STORE");
     if (store && *store)
         snprintf(cfg->store_dir, sizeof cfg->store_dir, "%s", store);
+    const char *tcti = getenv("KEYHOLD_TCTI");
+    if (tcti && *tcti) {
+        if (strlen(tcti) >= sizeof cfg->tcti) {
+            kh_log(KH_LOG_ERROR, "KEYHOLD_TCTI is too long");
+            return CKR_GENERAL_ERROR;
+        }
+        snprintf(cfg->tcti, sizeof cfg->tcti, "%s", tcti);
+        cfg->tcti_set = true;
+    }
     if (!cfg->store_dir[0])
         return kh_store_default_dir(cfg->store_dir, sizeof cfg->store_dir);
     return CKR_OK;
@@ -358,6 +402,44 @@ CK_RV kh_token_get(kh_token **out, CK_SLOT_ID slot, bool need_initialized)
     return CKR_OK;
 }
 
+/* ---- backends' life cycle ---- */
+
+static CK_RV backends_init(void)
+{
+    size_t n;
+    const kh_backend_ops *const *b = kh_backends(&n);
+    for (size_t i = 0; i < n; i++) {
+        if (b[i]->init) {
+            CK_RV rv = b[i]->init();
+            if (rv != CKR_OK) {
+                while (i-- > 0)
+                    if (b[i]->finalize)
+                        b[i]->finalize();
+                return rv;
+            }
+        }
+    }
+    return CKR_OK;
+}
+
+static void backends_finalize(void)
+{
+    size_t n;
+    const kh_backend_ops *const *b = kh_backends(&n);
+    for (size_t i = 0; i < n; i++)
+        if (b[i]->finalize)
+            b[i]->finalize();
+}
+
+static void backends_forked(void)
+{
+    size_t n;
+    const kh_backend_ops *const *b = kh_backends(&n);
+    for (size_t i = 0; i < n; i++)
+        if (b[i]->forked)
+            b[i]->forked();
+}
+
 /* ---- fork ---- */
 
 CK_RV kh_check_fork(void)
@@ -391,6 +473,7 @@ CK_RV kh_check_fork(void)
     }
     kh_sessions_drop_all();
     kh_keycache_flush_all();
+    backends_forked();
     kh_mod.pid = getpid();
     return CKR_OK;
 }
@@ -419,6 +502,10 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
     if (rv != CKR_OK)
         return rv;
     kh_log_set_level(kh_mod.cfg.log_level);
+    /* tpm2-tss logs to stderr unless told otherwise; keyhold is quiet by default. */
+    const char *klog = getenv("KEYHOLD_LOG");
+    if (!getenv("TSS2_LOG") && kh_mod.cfg.log_level < KH_LOG_DEBUG && !(klog && !strcmp(klog, "debug")))
+        setenv("TSS2_LOG", "all+NONE", 0);
     rv = kh_crypto_init();
     if (rv != CKR_OK)
         return rv;
@@ -427,6 +514,12 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
         return rv;
     rv = kh_mutex_new(&kh_mod.store_lock);
     if (rv != CKR_OK) {
+        kh_mutex_free(kh_mod.lock);
+        return rv;
+    }
+    rv = backends_init();
+    if (rv != CKR_OK) {
+        kh_mutex_free(kh_mod.store_lock);
         kh_mutex_free(kh_mod.lock);
         return rv;
     }
@@ -448,6 +541,7 @@ CK_RV kh_Finalize(CK_VOID_PTR pReserved)
     kh_objects_free_all();
     tokens_free_all();
     kh_keycache_shutdown();
+    backends_finalize();
     if (kh_mod.store)
         kh_store_close(kh_mod.store);
     kh_mod.store = NULL;

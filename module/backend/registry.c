@@ -9,6 +9,7 @@
 
 static const kh_backend_ops *const builtin[] = {
     &kh_backend_vault,
+    &kh_backend_tpm,
 };
 
 static const kh_backend_ops *overrides[4];
@@ -21,6 +22,12 @@ const kh_backend_ops *kh_backend_get(CK_ULONG id)
         if (builtin[i]->id == id)
             return builtin[i];
     return NULL;
+}
+
+const kh_backend_ops *const *kh_backends(size_t *n)
+{
+    *n = sizeof builtin / sizeof builtin[0];
+    return builtin;
 }
 
 void kh_backend_override(CK_ULONG id, const kh_backend_ops *ops)
