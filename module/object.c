@@ -1201,7 +1201,8 @@ CK_RV kh_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
             t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
             rv = CKR_BUFFER_TOO_SMALL;
         } else {
-            memcpy(t->pValue, a->pValue, a->ulValueLen);
+            if (a->ulValueLen) /* an empty value read back from the store has no buffer */
+                memcpy(t->pValue, a->pValue, a->ulValueLen);
             t->ulValueLen = a->ulValueLen;
         }
     }

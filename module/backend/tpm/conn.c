@@ -621,7 +621,7 @@ static bool steal_one_locked(void)
 {
     TPMS_CAPABILITY_DATA *d = NULL;
     bool done = false;
-    TSS2_RC rc = get_cap_locked(&d, TPM2_CAP_HANDLES, TPM2_TRANSIENT_FIRST, TPM2_MAX_CAP_HANDLES);
+    TSS2_RC rc = get_cap_locked(&d, TPM2_CAP_HANDLES, KH_TPM_TRANSIENT_FIRST, TPM2_MAX_CAP_HANDLES);
     if (rc != TSS2_RC_SUCCESS) {
         Esys_Free(d);
         return false;

@@ -7,10 +7,13 @@
  * object's sealed blob, under the token key: only a logged-in user can use
  * a TPM key. A warm key signs with exactly one TPM command, TPM2_Sign with
  * the auth value in a password session; a cold one is TPM2_Load-ed first
- * (conn.c keeps an LRU of loaded keys). Every signature is verified in
- * software against the object's public key before it is returned: a handle
- * that another process flushed and reused can never make us return a
- * signature by another key; it is reloaded and the sign retried.
+ * (conn.c keeps an LRU of loaded keys). A handle that another process
+ * flushed and reused can never make us return a signature by another key:
+ * with a key's own random 256-bit auth value, TPM2_Sign succeeds only on
+ * that key (another object fails the auth check, and the key is reloaded);
+ * keys with a guessable auth value (adopted ones, usually empty) have every
+ * signature verified in software against the object's public key before it
+ * is returned.
  *
  * Optional PCR policy (CKA_KH_TPM_PCR_POLICY, "sha256:7"): the key's
  * authPolicy is PolicyPCR(selection, values at creation) then PolicyPassword,
@@ -628,8 +631,11 @@ static CK_RV tpm_sign(struct kh_token *tok, const struct kh_key *key, kh_sigop o
             *siglen = cap;
             rv = sig_out(sig, siglen, ts, &key->pub);
             Esys_Free(ts);
-            if (rv == CKR_OK &&
-                kh_crypto_verify(&key->pub, op, params, data, data_len, sig, *siglen) == CKR_OK)
+            /* A key with its own random 256-bit auth value proves by signing that it is
+             * this key (a handle holding another object fails the auth check); a key
+             * with a guessable auth (adopted keys, often empty) is checked here. */
+            if (rv == CKR_OK && (k.auth.size >= KH_TPM_AUTH_LEN ||
+                                 kh_crypto_verify(&key->pub, op, params, data, data_len, sig, *siglen) == CKR_OK))
                 goto out_wipe;
             /* Not our key's signature: the handle held another object. */
             memset(sig, 0, cap);
@@ -819,7 +825,7 @@ static CK_RV tpm_adopt(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob, siz
         if (aparent->ulValueLen != sizeof(CK_ULONG) || !aparent->pValue)
             return CKR_ATTRIBUTE_VALUE_INVALID;
         memcpy(&parent_handle, aparent->pValue, sizeof parent_handle);
-        if (parent_handle < TPM2_PERSISTENT_FIRST || parent_handle > TPM2_PERSISTENT_LAST)
+        if (parent_handle < KH_TPM_PERSISTENT_FIRST || parent_handle > KH_TPM_PERSISTENT_LAST)
             return CKR_ATTRIBUTE_VALUE_INVALID;
     }
     off = 0;

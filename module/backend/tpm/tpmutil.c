@@ -124,7 +124,7 @@ bool kh_tpm_parse_persistent(uint32_t *out, const char *s)
     if (!s || !*s)
         return false;
     unsigned long v = strtoul(s, &end, 0);
-    if (errno || *end || v < TPM2_PERSISTENT_FIRST || v > TPM2_PERSISTENT_LAST)
+    if (errno || *end || v < KH_TPM_PERSISTENT_FIRST || v > KH_TPM_PERSISTENT_LAST)
         return false;
     *out = (uint32_t)v;
     return true;

@@ -16,6 +16,11 @@
 
 /* Persistent handle of the primary when the configuration names none. */
 #define KH_TPM_PRIMARY_DEFAULT 0x81000001u
+/* Handle ranges (the tss2 header's TPM2_HR_* macros shift a signed int past
+ * its width, which the sanitizer build rejects). */
+#define KH_TPM_TRANSIENT_FIRST 0x80000000u
+#define KH_TPM_PERSISTENT_FIRST 0x81000000u
+#define KH_TPM_PERSISTENT_LAST 0x81FFFFFFu
 /* TCTI when the configuration names none: the kernel's resource manager. */
 #define KH_TPM_TCTI_DEFAULT "device:/dev/tpmrm0"
 
