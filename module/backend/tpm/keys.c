@@ -41,8 +41,9 @@
 
 #define KH_TPM_AUTH_LEN 32
 #define KH_TPM_SECRET_LEN 32
-/* Sign attempts: a stale cached handle and a lost connection may each cost one. */
-#define KH_TPM_SIGN_TRIES 3
+/* Sign attempts: a stale handle (another process flushed it, even between
+ * our load and sign) and a lost connection each cost one. */
+#define KH_TPM_SIGN_TRIES 6
 #define KH_TPM_SESSION_TRIES 20
 
 CK_RV kh_tpm_conn_init(void);
@@ -655,8 +656,9 @@ static CK_RV tpm_sign(struct kh_token *tok, const struct kh_key *key, kh_sigop o
                 kh_tpm_unlock();
                 continue;
             }
-        } else if (cached && kh_tpm_rc_stale(rc) && attempt + 1 < KH_TPM_SIGN_TRIES) {
-            kh_log(KH_LOG_DEBUG, "tpm: cached handle is stale (0x%08x); reloading", (unsigned)rc);
+        } else if (kh_tpm_rc_stale(rc) && attempt + 1 < KH_TPM_SIGN_TRIES) {
+            kh_log(KH_LOG_DEBUG, "tpm: %s handle is stale (0x%08x); reloading", cached ? "cached" : "new",
+                   (unsigned)rc);
             kh_tpm_forget_locked(&k.priv);
             kh_tpm_unlock();
             continue;
