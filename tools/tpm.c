@@ -79,6 +79,7 @@ bool kh_tpm_conf_read(struct kh_tpm_conf *conf, char *err, size_t errlen)
 
 struct tconn {
     TSS2_TCTI_CONTEXT *tcti;
+    bool own_tcti;       /* keyhold's swtpm TCTI (deadlines), as the module uses */
     ESYS_CONTEXT *esys;
 };
 
@@ -88,12 +89,28 @@ static void rc_text(char *out, size_t len, const char *what, TSS2_RC rc)
     snprintf(out, len, "%s: 0x%08x (%s)", what, (unsigned)rc, d ? d : "?");
 }
 
+static void conn_close(struct tconn *c)
+{
+    if (c->esys)
+        Esys_Finalize(&c->esys);
+    if (c->tcti && c->own_tcti)
+        kh_tcti_swtpm_free(c->tcti);
+    else if (c->tcti)
+        Tss2_TctiLdr_Finalize(&c->tcti);
+    c->tcti = NULL;
+}
+
 static bool conn_open(struct tconn *c, const char *tcti, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     if (!getenv("TSS2_LOG"))
         setenv("TSS2_LOG", "all+NONE", 0);
-    TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti, &c->tcti);
+    TSS2_RC rc;
+    c->own_tcti = kh_tcti_is_swtpm(tcti);
+    if (c->own_tcti)
+        rc = kh_tcti_swtpm_new(&c->tcti, tcti, KH_TOOL_TPM_TIMEOUT_MS);
+    else
+        rc = Tss2_TctiLdr_Initialize(tcti, &c->tcti);
     if (rc != TSS2_RC_SUCCESS) {
         c->tcti = NULL;
         rc_text(err, errlen, "cannot open the TCTI", rc);
@@ -104,20 +121,10 @@ static bool conn_open(struct tconn *c, const char *tcti, char *err, size_t errle
         rc = Esys_SetTimeout(c->esys, KH_TOOL_TPM_POLL_MS);
     if (rc != TSS2_RC_SUCCESS) {
         rc_text(err, errlen, "Esys_Initialize", rc);
-        if (c->esys)
-            Esys_Finalize(&c->esys);
-        Tss2_TctiLdr_Finalize(&c->tcti);
+        conn_close(c);
         return false;
     }
     return true;
-}
-
-static void conn_close(struct tconn *c)
-{
-    if (c->esys)
-        Esys_Finalize(&c->esys);
-    if (c->tcti)
-        Tss2_TctiLdr_Finalize(&c->tcti);
 }
 
 static double now_ms(void)

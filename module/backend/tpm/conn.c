@@ -3,7 +3,9 @@
  *
  * Connecting: the TCTI comes from the configuration (`tcti`, KEYHOLD_TCTI;
  * default device:/dev/tpmrm0) through Tss2_TctiLdr, on first use: nothing
- * is touched at C_Initialize. Every command runs asynchronously and is
+ * is touched at C_Initialize. swtpm is the exception: tpm2-tss 3.2's swtpm
+ * TCTI waits for swtpm without a deadline, so "swtpm:..." configurations use
+ * keyhold's own swtpm TCTI (tcti.c), which has one. Every command runs asynchronously and is
  * awaited here against a deadline (tpm_timeout), because the synchronous
  * ESYS calls retry a silent TPM forever; a command that misses its deadline
  * or loses its transport drops the whole connection (ESYS context and
@@ -72,8 +74,10 @@ typedef struct tpm_persistent {
 static struct {
     kh_mutex *lock;
     TSS2_TCTI_CONTEXT *tcti;
+    bool own_tcti;              /* tcti is kh_tcti_swtpm (tcti.c), not from the TCTI loader */
     ESYS_CONTEXT *esys;
     bool broken;
+    bool timed_out;             /* the connection was dropped at a deadline */
     bool caps_read;
     kh_tpm_caps caps;
     unsigned limit;             /* objects we keep loaded (0: not computed yet) */
@@ -261,22 +265,35 @@ static void objs_forget_locked(void)
     T.caps_read = false;
 }
 
+static void tcti_free_locked(void)
+{
+    if (T.tcti && T.own_tcti)
+        kh_tcti_swtpm_free(T.tcti);
+    else if (T.tcti)
+        Tss2_TctiLdr_Finalize(&T.tcti);
+    T.tcti = NULL;
+}
+
 /* Drop the connection (transport lost or deadline missed). Nothing is sent. */
 static void conn_break_locked(void)
 {
     if (T.esys)
         Esys_Finalize(&T.esys);
-    if (T.tcti)
-        Tss2_TctiLdr_Finalize(&T.tcti);
+    tcti_free_locked();
     T.esys = NULL;
-    T.tcti = NULL;
     T.broken = true;
     objs_forget_locked();
 }
 
+
 static CK_RV conn_open_locked(void)
 {
-    TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti_conf(), &T.tcti);
+    TSS2_RC rc;
+    T.own_tcti = kh_tcti_is_swtpm(tcti_conf());
+    if (T.own_tcti)
+        rc = kh_tcti_swtpm_new(&T.tcti, tcti_conf(), kh_tpm_timeout_ms());
+    else
+        rc = Tss2_TctiLdr_Initialize(tcti_conf(), &T.tcti);
     if (rc != TSS2_RC_SUCCESS) {
         T.tcti = NULL;
         kh_log(KH_LOG_ERROR, "tpm: cannot open TCTI '%s'", tcti_conf());
@@ -290,6 +307,7 @@ static CK_RV conn_open_locked(void)
         return kh_tpm_rv(rc, KH_TPM_USE_OTHER, "Esys_Initialize");
     }
     T.broken = false;
+    T.timed_out = false;
     objs_forget_locked();
     kh_log(KH_LOG_DEBUG, "tpm: connected through '%s'", tcti_conf());
     return CKR_OK;
@@ -325,6 +343,11 @@ bool kh_tpm_broken_locked(void)
     return T.esys == NULL;
 }
 
+bool kh_tpm_retry_locked(void)
+{
+    return T.esys == NULL && !T.timed_out;
+}
+
 CK_RV kh_tpm_reconnect_locked(void)
 {
     if (T.esys)
@@ -347,6 +370,7 @@ TSS2_RC kh_tpm_wait_locked(TSS2_RC (*fin)(ESYS_CONTEXT *esys, void *arg), void *
             kh_log(KH_LOG_ERROR, "tpm: %s: no answer within %u ms; dropping the connection", what,
                    timeout_ms);
             conn_break_locked();
+            T.timed_out = true;
             return TSS2_TCTI_RC_IO_ERROR;
         }
     }
@@ -980,8 +1004,7 @@ void kh_tpm_conn_finalize(void)
         kh_tpm_flush_locked(T.objs[T.nobjs - 1].tr);
     if (T.esys)
         Esys_Finalize(&T.esys);
-    if (T.tcti)
-        Tss2_TctiLdr_Finalize(&T.tcti);
+    tcti_free_locked();
     kh_mutex_unlock(T.lock);
     kh_mutex_free(T.lock);
     memset(&T, 0, sizeof T);

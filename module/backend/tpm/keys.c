@@ -348,7 +348,7 @@ static CK_RV tpm_generate_tmpl(struct kh_token *tok, kh_pubkey *pub, uint8_t **b
             break;
         rv = kh_tpm_caps_locked(&caps);
         if (rv != CKR_OK) {
-            if (kh_tpm_broken_locked()) {
+            if (kh_tpm_retry_locked()) {
                 rc = TSS2_TCTI_RC_IO_ERROR;
                 continue;
             }
@@ -373,7 +373,7 @@ static CK_RV tpm_generate_tmpl(struct kh_token *tok, kh_pubkey *pub, uint8_t **b
             key_template(&t, alg, rsa_bits, k.pcr ? &policy : NULL);
             rc = create_locked(&a, parent, &sens, &t, timeout);
         }
-        if (rc == TSS2_RC_SUCCESS || !kh_tpm_broken_locked())
+        if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
             break;
     }
     kh_tpm_unlock();
@@ -620,6 +620,7 @@ static CK_RV tpm_sign(struct kh_token *tok, const struct kh_key *key, kh_sigop o
     if (rv != CKR_OK)
         goto out_wipe;
     rv = CKR_DEVICE_ERROR;
+    bool reconnected = false;
     for (int attempt = 0; attempt < KH_TPM_SIGN_TRIES; attempt++) {
         TPMT_SIGNATURE *ts = NULL;
         bool cached = false;
@@ -648,10 +649,16 @@ static CK_RV tpm_sign(struct kh_token *tok, const struct kh_key *key, kh_sigop o
             continue;
         }
         Esys_Free(ts);
-        if (kh_tpm_broken_locked() && attempt + 1 < KH_TPM_SIGN_TRIES) {
+        if (kh_tpm_broken_locked()) {
+            if (reconnected || !kh_tpm_retry_locked() || attempt + 1 >= KH_TPM_SIGN_TRIES) {
+                kh_tpm_unlock();
+                rv = kh_tpm_rv(rc, KH_TPM_USE_KEY, "TPM2_Sign");
+                break;
+            }
             /* Lost the TPM (restart?): reconnect once and reload. */
             kh_log(KH_LOG_INFO, "tpm: connection lost during TPM2_Sign (0x%08x); reconnecting",
                    (unsigned)rc);
+            reconnected = true;
             if (kh_tpm_reconnect_locked() == CKR_OK) {
                 kh_tpm_unlock();
                 continue;
@@ -889,7 +896,7 @@ static CK_RV tpm_adopt(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob, siz
                     kh_tpm_flush_locked(tr);
             }
         }
-        if (rc == TSS2_RC_SUCCESS || !kh_tpm_broken_locked())
+        if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
             break;
     }
     kh_tpm_unlock();
@@ -946,7 +953,7 @@ static CK_RV tpm_random(uint8_t *buf, size_t len)
         if (attempt > 0 && kh_tpm_reconnect_locked() != CKR_OK)
             break;
         rc = random_locked(buf, len);
-        if (rc == TSS2_RC_SUCCESS || !kh_tpm_broken_locked())
+        if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
             break;
     }
     kh_tpm_unlock();
@@ -992,7 +999,7 @@ static CK_RV tpm_pin_seal(uint8_t secret[32], uint8_t **blob, size_t *blob_len, 
         rc = kh_tpm_parent_default_locked(&parent, &so.parent);
         if (rc == TSS2_RC_SUCCESS)
             rc = create_locked(&a, parent, &sens, &t, kh_tpm_timeout_ms());
-        if (rc == TSS2_RC_SUCCESS || !kh_tpm_broken_locked())
+        if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
             break;
     }
     kh_tpm_unlock();
@@ -1060,7 +1067,7 @@ static CK_RV tpm_pin_unseal(uint8_t secret[32], const uint8_t *blob, size_t blob
         if (attempt > 0 && kh_tpm_reconnect_locked() != CKR_OK)
             break;
         rc = unseal_locked(&out, &so, &a);
-        if (rc == TSS2_RC_SUCCESS || !kh_tpm_broken_locked())
+        if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
             break;
     }
     kh_tpm_unlock();

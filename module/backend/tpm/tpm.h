@@ -59,6 +59,10 @@ void kh_tpm_unlock(void);
 ESYS_CONTEXT *kh_tpm_esys_locked(void);
 /* True when the last command lost the connection (it is gone; reconnect). */
 bool kh_tpm_broken_locked(void);
+/* True when the last command lost its transport (a TPM restart, say) and a
+ * retry on a new connection makes sense; false after a deadline expired: a
+ * TPM that does not answer is not asked again within the same call. */
+bool kh_tpm_retry_locked(void);
 /* Reconnect after kh_tpm_broken_locked(). CKR_DEVICE_ERROR if unreachable. */
 CK_RV kh_tpm_reconnect_locked(void);
 

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include <tss2/tss2_common.h>
+#include <tss2/tss2_tcti.h>
 #include <tss2/tss2_tpm2_types.h>
 
 /* Persistent handle of the primary when the configuration names none. */
@@ -60,5 +61,19 @@ bool kh_tpm_pcr_parse(TPML_PCR_SELECTION *sel, const char *s);
 /* The parsed value of a handle string ("0x81000001"); false if it is not a
  * persistent handle (0x81000000..0x81FFFFFF). */
 bool kh_tpm_parse_persistent(uint32_t *out, const char *s);
+
+/* ---- a swtpm TCTI with deadlines (tcti.c) ---- */
+
+/* True when conf names swtpm ("swtpm", "swtpm:path=...", "swtpm:host=..,port=.."). */
+bool kh_tcti_is_swtpm(const char *conf);
+/*
+ * A TCTI for swtpm whose every connect, send and receive waits at most
+ * io_timeout_ms (receive also honours the caller's shorter timeout and
+ * returns TSS2_TCTI_RC_TRY_AGAIN), unlike tpm2-tss 3.2's swtpm TCTI, which
+ * blocks on a silent swtpm. Out: *out (kh_tcti_swtpm_free).
+ * TSS2_TCTI_RC_BAD_VALUE for a malformed conf, TSS2_TCTI_RC_MEMORY.
+ */
+TSS2_RC kh_tcti_swtpm_new(TSS2_TCTI_CONTEXT **out, const char *conf, unsigned io_timeout_ms);
+void kh_tcti_swtpm_free(TSS2_TCTI_CONTEXT *ctx);
 
 #endif
