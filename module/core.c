@@ -311,6 +311,28 @@ bool kh_token_user_logged_in(kh_token *tok)
     return in;
 }
 
+/* PIN wraps bound to the TPM: the tpm backend's pin_seal / pin_unseal. */
+static kh_pin_binder kh_tpm_binder;
+
+/*
+ * Give the store the TPM binder (bound tokens log in through it), and say
+ * whether new tokens are bound: tpm_seal = on, or auto with a TPM configured
+ * (tcti set, or default_backend = tpm).
+ */
+static void store_bind(kh_store *st)
+{
+    const kh_backend_ops *tpm = kh_backend_get(CKV_KH_BACKEND_TPM);
+    if (!tpm || !tpm->pin_seal || !tpm->pin_unseal) {
+        kh_store_set_binder(st, NULL, false);
+        return;
+    }
+    kh_tpm_binder.seal = tpm->pin_seal;
+    kh_tpm_binder.unseal = tpm->pin_unseal;
+    bool bind_new = kh_mod.cfg.tpm_seal == KH_TPM_SEAL_ON ||
+                    (kh_mod.cfg.tpm_seal == KH_TPM_SEAL_AUTO && tpm->configured && tpm->configured());
+    kh_store_set_binder(st, &kh_tpm_binder, bind_new);
+}
+
 CK_RV kh_store_acquire(kh_store **out)
 {
     kh_mutex_lock(kh_mod.store_lock);
@@ -321,9 +343,21 @@ CK_RV kh_store_acquire(kh_store **out)
             kh_log(KH_LOG_ERROR, "cannot open the token store (rv 0x%lx)", rv);
             return rv;
         }
+        store_bind(kh_mod.store);
     }
     *out = kh_mod.store;
     return CKR_OK;
+}
+
+CK_RV kh_token_hw_random(kh_token *tok, uint8_t *buf, size_t len)
+{
+    kh_mutex_lock(tok->lock);
+    bool bound = tok->rec.tpm_bound;
+    kh_mutex_unlock(tok->lock);
+    const kh_backend_ops *tpm = kh_backend_get(CKV_KH_BACKEND_TPM);
+    if (!bound || !tpm || !tpm->random)
+        return CKR_FUNCTION_NOT_SUPPORTED;
+    return tpm->random(buf, len);
 }
 
 void kh_store_release(void)
@@ -658,7 +692,7 @@ CK_RV kh_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
         return rv;
     memset(pInfo, 0, sizeof *pInfo);
     pad_copy(pInfo->manufacturerID, sizeof pInfo->manufacturerID, "keyhold");
-    pad_copy(pInfo->model, sizeof pInfo->model, "vault");
+    pad_copy(pInfo->model, sizeof pInfo->model, rec.tpm_bound ? "vault+tpm" : "vault");
     pInfo->flags = CKF_RNG | CKF_LOGIN_REQUIRED;
     if (rec.id) {
         pad_copy(pInfo->label, sizeof pInfo->label, rec.label);

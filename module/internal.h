@@ -84,6 +84,12 @@ void kh_token_last_session_closed(kh_token *tok);
  * CKR_USER_NOT_LOGGED_IN otherwise. out is wiped by the caller. */
 CK_RV kh_token_key_copy(kh_token *tok, uint8_t out[KH_TOKEN_KEY_LEN]);
 bool kh_token_user_logged_in(kh_token *tok);
+/*
+ * Random bytes from the hardware the token is bound to (its PIN wraps are
+ * sealed to a TPM): TPM2_GetRandom. CKR_FUNCTION_NOT_SUPPORTED for a token
+ * without one; CKR_DEVICE_ERROR when the TPM does not answer.
+ */
+CK_RV kh_token_hw_random(kh_token *tok, uint8_t *buf, size_t len);
 
 /* ---- sessions ---- */
 

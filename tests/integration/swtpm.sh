@@ -16,8 +16,11 @@
 #
 #   swtpm_start [NAME]     start NAME (default "tpm"); wait until it answers
 #   swtpm_tcti [NAME]      print its TCTI string (swtpm:path=... or swtpm:host=...,port=...)
-#   swtpm_stop [NAME]      SIGTERM and wait (swtpm saves its state: an orderly shutdown)
-#   swtpm_kill [NAME]      SIGKILL (a crash; persistent objects survive, they are in NV)
+#   swtpm_stop [NAME]      TPM2_Shutdown(CLEAR), then SIGTERM and wait: an orderly
+#                          shutdown, as an OS does before a reboot
+#   swtpm_kill [NAME]      SIGKILL (a crash; persistent objects survive, they are in
+#                          NV; the TPM counts the unclean restart as an authorization
+#                          failure, so dictionary-attack lockout comes closer)
 #   swtpm_restart [NAME]   stop, then start again on the same state and address
 #   swtpm_running [NAME]   true while it runs
 #   swtpm_stop_all         stop every instance (done at exit)
@@ -122,7 +125,13 @@ _swtpm_end() {
     unset 'KH_SWTPM_PID[$name]'
 }
 
-swtpm_stop() { _swtpm_end "${1:-tpm}" TERM; }
+swtpm_stop() {
+    local name="${1:-tpm}"
+    if swtpm_running "$name"; then
+        env -u LD_PRELOAD TPM2TOOLS_TCTI="${KH_SWTPM_TCTI[$name]}" timeout 10 tpm2_shutdown -c >/dev/null 2>&1 || true
+    fi
+    _swtpm_end "$name" TERM
+}
 swtpm_kill() { _swtpm_end "${1:-tpm}" KILL; }
 
 swtpm_restart() {

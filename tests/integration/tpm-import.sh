@@ -27,14 +27,13 @@ run tpm2_create -Q -C 0x81000001 -G ecc -u "$T/key1.pub" -r "$T/key1.priv"
 run tpm2_create -Q -C 0x81000001 -G rsa2048 -u "$T/key2.pub" -r "$T/key2.priv"
 printf 'key3-secret\n' >"$T/key3.auth"
 run tpm2_create -Q -C 0x81000001 -G ecc -p key3-secret -u "$T/key3.pub" -r "$T/key3.priv"
+KEYHOLD_SO_PIN="$SO" KEYHOLD_PIN="$PIN" run kh init --label imp
 # Two leftovers of tools fill two of the TPM's three slots: the module must
 # cope (it flushes one of them when it needs the room).
 run tpm2_createprimary -Q -C o -G ecc -c "$T/left1.ctx"
 run tpm2_createprimary -Q -C o -G rsa -c "$T/left2.ctx"
 [ "$(tpm2_getcap handles-transient | grep -c 0x80)" -eq 2 ] || fail "expected two leftover transient objects"
 ok "three keys under 0x81000001 (one with an auth value); two leftovers loaded"
-
-KEYHOLD_SO_PIN="$SO" KEYHOLD_PIN="$PIN" run kh init --label imp
 count_objects() { p11 --token-label imp --login --pin "$PIN" --list-objects 2>/dev/null | grep -cE '^(Private|Public) Key Object' || true; }
 id_of() {
     KEYHOLD_PIN="$PIN" kh list --token imp --json |

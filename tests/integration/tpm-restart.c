@@ -17,6 +17,9 @@
  *                           where after_up_fail counts failures of calls that
  *                           started after "up" (must be 0: the module
  *                           reconnects and reloads by itself)
+ *       vaultgen            generate a vault P-256 key pair (session objects):
+ *                           "result rv=CKR_..." (on this TPM-bound token the
+ *                           TPM's random bytes go into it: no TPM, no key)
  *       quit                C_Finalize and exit
  *
  * Every signature is checked with OpenSSL (a signature that does not verify
@@ -250,6 +253,17 @@ static int serve(void)
             pthread_join(tid, NULL);
             fl->C_CloseSession(bs);
             print_tally("burst", &burst_tally);
+        } else if (strcmp(line, "vaultgen") == 0) {
+            static const uint8_t p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+            CK_BBOOL yes = CK_TRUE;
+            CK_ULONG vault = CKV_KH_BACKEND_VAULT;
+            CK_MECHANISM mech = { CKM_EC_KEY_PAIR_GEN, NULL, 0 };
+            CK_ATTRIBUTE pt[] = { { CKA_EC_PARAMS, (void *)p256, sizeof p256 } };
+            CK_ATTRIBUTE vt[] = { { CKA_SIGN, &yes, sizeof yes }, { CKA_KH_BACKEND, &vault, sizeof vault } };
+            CK_OBJECT_HANDLE pub, priv;
+            rv = fl->C_GenerateKeyPair(sess, &mech, pt, 1, vt, 2, &pub, &priv);
+            printf("result rv=%s\n", p11l_rv_str(rv));
+            fflush(stdout);
         } else if (strcmp(line, "quit") == 0) {
             break;
         }

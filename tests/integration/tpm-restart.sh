@@ -5,7 +5,8 @@
 # killed in the middle of a burst of signatures. Every key signs again
 # afterwards without re-initialising the module; while the TPM is away calls
 # fail with CKR_DEVICE_ERROR within the deadline (tpm_timeout), never hang,
-# and no call that starts after the TPM is back fails.
+# and no call that starts after the TPM is back fails. The token is bound to
+# the TPM (a TPM is configured), so its vault keys also need the TPM's RNG.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/swtpm.sh"
@@ -15,6 +16,9 @@ printf 'tpm_timeout = 1000\n' >"$KH_TMP/conf"
 export KEYHOLD_CONF="$KH_TMP/conf"
 
 swtpm_start
+# Every crash (swtpm_kill) counts as an authorization failure in the TPM's
+# dictionary-attack logic; allow more than swtpm's default 3 before lockout.
+run tpm2_dictionarylockout -Q -s -n 32 -t 600 -l 600
 R() { with_module "$KH_TPM_RESTART" "$@"; }
 
 say "between runs: keys made, the TPM restarted (orderly, then a crash), a new process signs"
@@ -60,6 +64,15 @@ r="$(ask sign)"
 swtpm_start
 expect_all_ok "after the TPM came back"
 ok "while stopped every call fails with CKR_DEVICE_ERROR; afterwards all sign"
+
+say "hardware RNG: vault keys of this TPM-bound token take TPM2_GetRandom output"
+[ "$(ask vaultgen)" = "result rv=CKR_OK" ] || fail "vault keygen with the TPM up"
+swtpm_stop
+r="$(ask vaultgen)"
+[ "$r" = "result rv=CKR_DEVICE_ERROR" ] || fail "vault keygen without the TPM: $r, want CKR_DEVICE_ERROR"
+swtpm_start
+[ "$(ask vaultgen)" = "result rv=CKR_OK" ] || fail "vault keygen after the TPM came back"
+ok "vault key generation needs the TPM's randomness on a bound token (fails closed without it)"
 
 say "TPM frozen (SIGSTOP): calls end at the deadline, not never"
 kill -STOP "${KH_SWTPM_PID[tpm]}"

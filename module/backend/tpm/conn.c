@@ -376,8 +376,7 @@ TSS2_RC kh_tpm_wait_locked(TSS2_RC (*fin)(ESYS_CONTEXT *esys, void *arg), void *
     }
 }
 
-/* Start-or-fail glue: async_rc is what Esys_*_Async returned. */
-static TSS2_RC run_locked(TSS2_RC async_rc, TSS2_RC (*fin)(ESYS_CONTEXT *, void *), void *arg,
+TSS2_RC kh_tpm_run_locked(TSS2_RC async_rc, TSS2_RC (*fin)(ESYS_CONTEXT *, void *), void *arg,
                           unsigned timeout_ms, const char *what)
 {
     if (async_rc != TSS2_RC_SUCCESS) {
@@ -452,7 +451,7 @@ static TSS2_RC fin_testparms(ESYS_CONTEXT *e, void *arg)
 static TSS2_RC get_cap_locked(TPMS_CAPABILITY_DATA **data, TPM2_CAP cap, UINT32 prop, UINT32 count)
 {
     struct cap_args a = { 0 };
-    TSS2_RC rc = run_locked(Esys_GetCapability_Async(T.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+    TSS2_RC rc = kh_tpm_run_locked(Esys_GetCapability_Async(T.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
                                                      cap, prop, count),
                             fin_cap, &a, kh_tpm_timeout_ms(), "TPM2_GetCapability");
     *data = a.data;
@@ -467,7 +466,7 @@ static bool rsa_size_ok_locked(UINT16 bits)
     p.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_NULL;
     p.parameters.rsaDetail.scheme.scheme = TPM2_ALG_NULL;
     p.parameters.rsaDetail.keyBits = bits;
-    return run_locked(Esys_TestParms_Async(T.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &p),
+    return kh_tpm_run_locked(Esys_TestParms_Async(T.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &p),
                       fin_testparms, NULL, kh_tpm_timeout_ms(), "TPM2_TestParms") == TSS2_RC_SUCCESS;
 }
 
@@ -589,7 +588,7 @@ void kh_tpm_flush_locked(ESYS_TR tr)
         obj_remove(o);
     if (!T.esys || tr == ESYS_TR_NONE)
         return;
-    TSS2_RC rc = run_locked(Esys_FlushContext_Async(T.esys, tr), fin_flush, NULL, kh_tpm_timeout_ms(),
+    TSS2_RC rc = kh_tpm_run_locked(Esys_FlushContext_Async(T.esys, tr), fin_flush, NULL, kh_tpm_timeout_ms(),
                             "TPM2_FlushContext");
     if (rc != TSS2_RC_SUCCESS && T.esys) {
         kh_log(KH_LOG_DEBUG, "tpm: flush: 0x%08x (%s)", (unsigned)rc, tpm_rc_text(rc));
@@ -655,7 +654,7 @@ static bool steal_one_locked(void)
         if (handle_is_ours(h))
             continue;
         ESYS_TR tr = ESYS_TR_NONE;
-        rc = run_locked(Esys_TR_FromTPMPublic_Async(T.esys, h, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
+        rc = kh_tpm_run_locked(Esys_TR_FromTPMPublic_Async(T.esys, h, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
                         fin_from_public, &tr, kh_tpm_timeout_ms(), "TPM2_ReadPublic");
         if (rc != TSS2_RC_SUCCESS) {
             if (!T.esys)
@@ -665,7 +664,7 @@ static bool steal_one_locked(void)
         }
         kh_log(KH_LOG_WARN, "tpm: the TPM is full; flushing transient object 0x%08x that this "
                "process did not load (no resource manager?)", (unsigned)h);
-        rc = run_locked(Esys_FlushContext_Async(T.esys, tr), fin_flush, NULL, kh_tpm_timeout_ms(),
+        rc = kh_tpm_run_locked(Esys_FlushContext_Async(T.esys, tr), fin_flush, NULL, kh_tpm_timeout_ms(),
                         "TPM2_FlushContext");
         if (rc != TSS2_RC_SUCCESS && T.esys)
             Esys_TR_Close(T.esys, &tr);
@@ -723,7 +722,7 @@ static TSS2_RC persistent_check_locked(tpm_persistent *p)
     if (p->checked)
         return TSS2_RC_SUCCESS;
     ESYS_TR tr = ESYS_TR_NONE;
-    TSS2_RC rc = run_locked(Esys_TR_FromTPMPublic_Async(T.esys, p->handle, ESYS_TR_NONE, ESYS_TR_NONE,
+    TSS2_RC rc = kh_tpm_run_locked(Esys_TR_FromTPMPublic_Async(T.esys, p->handle, ESYS_TR_NONE, ESYS_TR_NONE,
                                                         ESYS_TR_NONE),
                             fin_from_public, &tr, kh_tpm_timeout_ms(), "TPM2_ReadPublic");
     if (rc != TSS2_RC_SUCCESS) {
@@ -739,7 +738,7 @@ static TSS2_RC persistent_check_locked(tpm_persistent *p)
         return rc;
     }
     struct readpub_args a = { 0 };
-    rc = run_locked(Esys_ReadPublic_Async(T.esys, tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
+    rc = kh_tpm_run_locked(Esys_ReadPublic_Async(T.esys, tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
                     fin_readpub, &a, kh_tpm_timeout_ms(), "TPM2_ReadPublic");
     if (rc != TSS2_RC_SUCCESS) {
         if (T.esys)
@@ -840,7 +839,7 @@ static TSS2_RC srk_locked(ESYS_TR *out)
         struct primary_args a = { .tr = ESYS_TR_NONE };
         if (!T.esys)
             return TSS2_TCTI_RC_IO_ERROR;
-        rc = run_locked(Esys_CreatePrimary_Async(T.esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+        rc = kh_tpm_run_locked(Esys_CreatePrimary_Async(T.esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
                                                  ESYS_TR_NONE, &sens, &tmpl, &outside, &pcrs),
                         fin_primary, &a, kh_tpm_timeout_ms(), "TPM2_CreatePrimary");
         Esys_Free(a.pub);
@@ -930,6 +929,24 @@ static void srk_drop_locked(void)
     }
 }
 
+bool kh_tpm_srk_loaded_locked(void)
+{
+    for (size_t i = 0; i < T.nobjs; i++)
+        if (T.objs[i].srk)
+            return true;
+    return false;
+}
+
+void kh_tpm_srk_flush_locked(void)
+{
+    for (size_t i = 0; i < T.nobjs; i++) {
+        if (T.objs[i].srk) {
+            kh_tpm_flush_locked(T.objs[i].tr);
+            return;
+        }
+    }
+}
+
 static bool tr_is_srk(ESYS_TR tr)
 {
     tpm_obj *o = obj_find_tr(tr);
@@ -961,7 +978,7 @@ TSS2_RC kh_tpm_obj_get_locked(ESYS_TR *tr, bool *cached, const TPM2B_NAME *paren
             return rc;
         if (!kh_tpm_make_room_locked(ptr, false, 0))
             return TSS2_TCTI_RC_IO_ERROR;
-        rc = run_locked(Esys_Load_Async(T.esys, ptr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, priv, pub),
+        rc = kh_tpm_run_locked(Esys_Load_Async(T.esys, ptr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, priv, pub),
                         fin_load, &obj, kh_tpm_timeout_ms(), "TPM2_Load");
         if (rc == TSS2_RC_SUCCESS) {
             rc = obj_add_locked(obj, id, false);

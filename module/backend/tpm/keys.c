@@ -29,7 +29,8 @@
  * Token services: PIN sealing (a keyedhash object per PIN, under the
  * primary, whose auth value is derived from the PIN and which is not noDA,
  * so wrong PINs count against the TPM's dictionary-attack lockout; usable
- * only through a PolicyPassword session) and TPM2_GetRandom.
+ * only through a PolicyAuthValue session, salted and encrypting the
+ * response) and TPM2_GetRandom.
  */
 #include "tpm.h"
 
@@ -136,10 +137,10 @@ static TSS2_RC session_start_locked(ESYS_TR *out, TPM2_SE type, ESYS_TR salt_key
         if (!e)
             return TSS2_TCTI_RC_IO_ERROR;
         *out = ESYS_TR_NONE;
-        TSS2_RC rc = Esys_StartAuthSession_Async(e, salt_key, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                                 ESYS_TR_NONE, NULL, type, &sym, TPM2_ALG_SHA256);
-        if (rc == TSS2_RC_SUCCESS)
-            rc = kh_tpm_wait_locked(fin_session, out, kh_tpm_timeout_ms(), "TPM2_StartAuthSession");
+        TSS2_RC rc = kh_tpm_run_locked(Esys_StartAuthSession_Async(e, salt_key, ESYS_TR_NONE, ESYS_TR_NONE,
+                                                                   ESYS_TR_NONE, ESYS_TR_NONE, NULL, type, &sym,
+                                                                   TPM2_ALG_SHA256),
+                                       fin_session, out, kh_tpm_timeout_ms(), "TPM2_StartAuthSession");
         if (rc == TSS2_RC_SUCCESS) {
             if (salt_key != ESYS_TR_NONE)
                 rc = Esys_TRSess_SetAttributes(e, *out, TPMA_SESSION_ENCRYPT | TPMA_SESSION_CONTINUESESSION,
@@ -159,16 +160,28 @@ static TSS2_RC policy_pcr_locked(ESYS_TR s, const TPML_PCR_SELECTION *pcrs)
 {
     TPM2B_DIGEST empty = { .size = 0 };
     ESYS_CONTEXT *e = kh_tpm_esys_locked();
-    TSS2_RC rc = Esys_PolicyPCR_Async(e, s, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, pcrs);
-    return rc ? rc : kh_tpm_wait_locked(fin_policy_pcr, NULL, kh_tpm_timeout_ms(), "TPM2_PolicyPCR");
+    return kh_tpm_run_locked(Esys_PolicyPCR_Async(e, s, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, pcrs),
+                             fin_policy_pcr, NULL, kh_tpm_timeout_ms(), "TPM2_PolicyPCR");
 }
 
 static TSS2_RC policy_password_locked(ESYS_TR s)
 {
     ESYS_CONTEXT *e = kh_tpm_esys_locked();
-    TSS2_RC rc = Esys_PolicyPassword_Async(e, s, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE);
-    return rc ? rc : kh_tpm_wait_locked(fin_policy_password, NULL, kh_tpm_timeout_ms(),
-                                        "TPM2_PolicyPassword");
+    return kh_tpm_run_locked(Esys_PolicyPassword_Async(e, s, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
+                             fin_policy_password, NULL, kh_tpm_timeout_ms(), "TPM2_PolicyPassword");
+}
+
+static TSS2_RC fin_policy_auth_value(ESYS_CONTEXT *e, void *arg)
+{
+    (void)arg;
+    return Esys_PolicyAuthValue_Finish(e);
+}
+
+static TSS2_RC policy_auth_value_locked(ESYS_TR s)
+{
+    ESYS_CONTEXT *e = kh_tpm_esys_locked();
+    return kh_tpm_run_locked(Esys_PolicyAuthValue_Async(e, s, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
+                             fin_policy_auth_value, NULL, kh_tpm_timeout_ms(), "TPM2_PolicyAuthValue");
 }
 
 /* The authPolicy of PCR keys: PolicyPCR(pcrs, now) then PolicyPassword, from a trial session. */
@@ -184,9 +197,8 @@ static TSS2_RC pcr_policy_digest_locked(TPM2B_DIGEST *out, const TPML_PCR_SELECT
     if (rc == TSS2_RC_SUCCESS) {
         TPM2B_DIGEST *d = NULL;
         ESYS_CONTEXT *e = kh_tpm_esys_locked();
-        rc = Esys_PolicyGetDigest_Async(e, s, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE);
-        if (rc == TSS2_RC_SUCCESS)
-            rc = kh_tpm_wait_locked(fin_policy_digest, &d, kh_tpm_timeout_ms(), "TPM2_PolicyGetDigest");
+        rc = kh_tpm_run_locked(Esys_PolicyGetDigest_Async(e, s, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
+                               fin_policy_digest, &d, kh_tpm_timeout_ms(), "TPM2_PolicyGetDigest");
         if (rc == TSS2_RC_SUCCESS)
             *out = *d;
         Esys_Free(d);
@@ -195,8 +207,9 @@ static TSS2_RC pcr_policy_digest_locked(TPM2B_DIGEST *out, const TPML_PCR_SELECT
     return rc;
 }
 
-/* The authPolicy of PIN-seal objects: PolicyPassword alone, which is
- * H(0...0 || TPM_CC_PolicyAuthValue) (TPM 2.0 Part 3, 23.18). */
+/* The authPolicy of PIN-seal objects: PolicyAuthValue (or PolicyPassword,
+ * the same digest) alone: H(0...0 || TPM_CC_PolicyAuthValue) (TPM 2.0 Part 3,
+ * 23.18). */
 static CK_RV password_policy_digest(TPM2B_DIGEST *out)
 {
     uint8_t in[32 + 4] = { 0 };
@@ -264,10 +277,9 @@ static TSS2_RC create_locked(struct create_args *a, ESYS_TR parent, const TPM2B_
         if (!e)
             return TSS2_TCTI_RC_IO_ERROR;
         memset(a, 0, sizeof *a);
-        TSS2_RC rc = Esys_Create_Async(e, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, sens, tmpl,
-                                       &outside, &none);
-        if (rc == TSS2_RC_SUCCESS)
-            rc = kh_tpm_wait_locked(fin_create, a, timeout_ms, "TPM2_Create");
+        TSS2_RC rc = kh_tpm_run_locked(Esys_Create_Async(e, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                                         sens, tmpl, &outside, &none),
+                                       fin_create, a, timeout_ms, "TPM2_Create");
         if (rc == TSS2_RC_SUCCESS)
             return rc;
         create_args_free(a);
@@ -591,11 +603,9 @@ static TSS2_RC sign_once_locked(TPMT_SIGNATURE **ts, bool *cached, const kh_tpm_
         e = kh_tpm_esys_locked();
     }
     rc = Esys_TR_SetAuth(e, tr, &k->auth);
-    if (rc == TSS2_RC_SUCCESS) {
-        rc = Esys_Sign_Async(e, tr, session, ESYS_TR_NONE, ESYS_TR_NONE, d, s, &null_ticket);
-        if (rc == TSS2_RC_SUCCESS)
-            rc = kh_tpm_wait_locked(fin_sign, ts, kh_tpm_timeout_ms(), "TPM2_Sign");
-    }
+    if (rc == TSS2_RC_SUCCESS)
+        rc = kh_tpm_run_locked(Esys_Sign_Async(e, tr, session, ESYS_TR_NONE, ESYS_TR_NONE, d, s, &null_ticket),
+                               fin_sign, ts, kh_tpm_timeout_ms(), "TPM2_Sign");
     e = kh_tpm_esys_locked();
     if (e) {
         Esys_TR_SetAuth(e, tr, &empty); /* ESYS's copy of the auth value, overwritten */
@@ -886,9 +896,9 @@ static CK_RV tpm_adopt(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob, siz
             probe_scheme(&s, &d, &k.pub.publicArea);
             rc = Esys_TR_SetAuth(e, tr, &k.auth);
             if (rc == TSS2_RC_SUCCESS)
-                rc = Esys_Sign_Async(e, tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &s, &null_ticket);
-            if (rc == TSS2_RC_SUCCESS)
-                rc = kh_tpm_wait_locked(fin_sign, &ts, kh_tpm_timeout_ms(), "TPM2_Sign");
+                rc = kh_tpm_run_locked(Esys_Sign_Async(e, tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &s,
+                                                       &null_ticket),
+                                       fin_sign, &ts, kh_tpm_timeout_ms(), "TPM2_Sign");
             Esys_Free(ts);
             if (kh_tpm_esys_locked()) {
                 Esys_TR_SetAuth(e, tr, &empty);
@@ -925,9 +935,8 @@ static TSS2_RC random_locked(uint8_t *buf, size_t len)
         ESYS_CONTEXT *e = kh_tpm_esys_locked();
         if (!e)
             return TSS2_TCTI_RC_IO_ERROR;
-        TSS2_RC rc = Esys_GetRandom_Async(e, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, want);
-        if (rc == TSS2_RC_SUCCESS)
-            rc = kh_tpm_wait_locked(fin_random, &r, kh_tpm_timeout_ms(), "TPM2_GetRandom");
+        TSS2_RC rc = kh_tpm_run_locked(Esys_GetRandom_Async(e, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, want),
+                                       fin_random, &r, kh_tpm_timeout_ms(), "TPM2_GetRandom");
         if (rc == TSS2_RC_SUCCESS && (r->size == 0 || r->size > want))
             rc = TSS2_ESYS_RC_MALFORMED_RESPONSE;
         if (rc != TSS2_RC_SUCCESS) {
@@ -992,6 +1001,7 @@ static CK_RV tpm_pin_seal(uint8_t secret[32], uint8_t **blob, size_t *blob_len, 
     rv = kh_tpm_lock();
     if (rv != CKR_OK)
         goto out_wipe;
+    bool had_srk = kh_tpm_srk_loaded_locked();
     for (int attempt = 0; attempt < 2; attempt++) {
         ESYS_TR parent;
         if (attempt > 0 && kh_tpm_reconnect_locked() != CKR_OK)
@@ -1002,6 +1012,8 @@ static CK_RV tpm_pin_seal(uint8_t secret[32], uint8_t **blob, size_t *blob_len, 
         if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
             break;
     }
+    if (!had_srk && kh_tpm_esys_locked())
+        kh_tpm_srk_flush_locked();
     kh_tpm_unlock();
     if (rc != TSS2_RC_SUCCESS) {
         rv = kh_tpm_rv(rc, KH_TPM_USE_PIN, "seal the token key");
@@ -1028,19 +1040,19 @@ static TSS2_RC unseal_locked(TPM2B_SENSITIVE_DATA **out, const kh_tpm_sealobj *s
         rc = kh_tpm_obj_get_locked(&tr, &cached, &so->parent, &so->pub, &so->priv);
     if (rc != TSS2_RC_SUCCESS)
         return rc;
-    /* the parent may have been evicted by the load: look it up again for the salt */
-    rc = kh_tpm_parent_find_locked(&parent, &so->parent);
+    /* The session is salted with the parent (the load kept it loaded) and
+     * encrypts the response: the secret never crosses the bus in clear.
+     * PolicyAuthValue (same policy digest as PolicyPassword) proves the auth
+     * value with an HMAC, which the response encryption also keys on. */
+    rc = session_start_locked(&session, TPM2_SE_POLICY, parent);
     if (rc == TSS2_RC_SUCCESS)
-        rc = session_start_locked(&session, TPM2_SE_POLICY, parent);
-    if (rc == TSS2_RC_SUCCESS)
-        rc = policy_password_locked(session);
+        rc = policy_auth_value_locked(session);
     ESYS_CONTEXT *e = kh_tpm_esys_locked();
     if (rc == TSS2_RC_SUCCESS)
         rc = Esys_TR_SetAuth(e, tr, auth);
     if (rc == TSS2_RC_SUCCESS)
-        rc = Esys_Unseal_Async(e, tr, session, ESYS_TR_NONE, ESYS_TR_NONE);
-    if (rc == TSS2_RC_SUCCESS)
-        rc = kh_tpm_wait_locked(fin_unseal, out, kh_tpm_timeout_ms(), "TPM2_Unseal");
+        rc = kh_tpm_run_locked(Esys_Unseal_Async(e, tr, session, ESYS_TR_NONE, ESYS_TR_NONE), fin_unseal, out,
+                               kh_tpm_timeout_ms(), "TPM2_Unseal");
     if (kh_tpm_esys_locked()) {
         Esys_TR_SetAuth(e, tr, &empty);
         if (session != ESYS_TR_NONE)
@@ -1063,6 +1075,7 @@ static CK_RV tpm_pin_unseal(uint8_t secret[32], const uint8_t *blob, size_t blob
     rv = kh_tpm_lock();
     if (rv != CKR_OK)
         goto out_wipe;
+    bool had_srk = kh_tpm_srk_loaded_locked();
     for (int attempt = 0; attempt < 2; attempt++) {
         if (attempt > 0 && kh_tpm_reconnect_locked() != CKR_OK)
             break;
@@ -1070,6 +1083,8 @@ static CK_RV tpm_pin_unseal(uint8_t secret[32], const uint8_t *blob, size_t blob
         if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
             break;
     }
+    if (!had_srk && kh_tpm_esys_locked())
+        kh_tpm_srk_flush_locked();
     kh_tpm_unlock();
     if (rc == TSS2_RC_SUCCESS && (!out || out->size != KH_TPM_SECRET_LEN))
         rc = TSS2_ESYS_RC_MALFORMED_RESPONSE;

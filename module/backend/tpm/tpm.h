@@ -76,6 +76,11 @@ unsigned kh_tpm_timeout_ms(void);
  * is then dropped) and returns TSS2_TCTI_RC_IO_ERROR. */
 TSS2_RC kh_tpm_wait_locked(TSS2_RC (*fin)(ESYS_CONTEXT *esys, void *arg), void *arg,
                            unsigned timeout_ms, const char *what);
+/* The same, given what Esys_*_Async returned (async_rc): a failed start
+ * that lost the transport, or left ESYS out of step, drops the connection
+ * too. Every command goes through this. */
+TSS2_RC kh_tpm_run_locked(TSS2_RC async_rc, TSS2_RC (*fin)(ESYS_CONTEXT *esys, void *arg), void *arg,
+                          unsigned timeout_ms, const char *what);
 
 /* TPM capabilities this backend consults (read once per connection). */
 typedef struct kh_tpm_caps {
@@ -121,6 +126,11 @@ void kh_tpm_forget_locked(const TPM2B_PRIVATE *priv);
 /* Forget a cached object whose handle turned out stale (not flushed: it may
  * belong to someone else now). */
 void kh_tpm_obj_drop_locked(ESYS_TR tr);
+/* Whether the SRK-template primary is loaded; flush it (PIN operations
+ * leave nothing loaded that they loaded themselves: a process that exits
+ * without C_Finalize then leaks nothing into a TPM without a resource manager). */
+bool kh_tpm_srk_loaded_locked(void);
+void kh_tpm_srk_flush_locked(void);
 /* Flush a transient object or session we own and forget it. */
 void kh_tpm_flush_locked(ESYS_TR tr);
 /*
