@@ -8,6 +8,7 @@
  *     | TPML_PCR_SELECTION (flag bit 0 only)
  * PIN-seal blob (a token's tokens row; useless without the TPM and the PIN):
  *     "KHTS" | version (1) | 0 | TPM2B_NAME parent | TPM2B_PUBLIC | TPM2B_PRIVATE
+ *     | TPM2B_DIGEST branch (the policy's own PolicyOR branch)
  * Every TPM structure is in TPM wire format (tss2-mu), as tpm2-tools writes
  * its .pub and .priv files.
  */
@@ -26,7 +27,7 @@ static const uint8_t seal_magic[4] = { 'K', 'H', 'T', 'S' };
 
 /* Room for any blob: the structures at their largest plus the header. */
 #define KH_TPM_BLOB_MAX (8 + sizeof(TPM2B_NAME) + sizeof(TPM2B_PUBLIC) + sizeof(TPM2B_PRIVATE) + \
-                         sizeof(TPM2B_AUTH) + sizeof(TPML_PCR_SELECTION))
+                         sizeof(TPM2B_AUTH) + sizeof(TPML_PCR_SELECTION) + sizeof(TPM2B_DIGEST))
 
 static CK_RV blob_header(uint8_t *buf, size_t *off, const uint8_t magic[4], uint8_t flags)
 {
@@ -110,6 +111,8 @@ CK_RV kh_tpm_seal_encode(uint8_t **out, size_t *out_len, const kh_tpm_sealobj *s
         rc = Tss2_MU_TPM2B_PUBLIC_Marshal(&s->pub, buf, KH_TPM_BLOB_MAX, &off);
     if (rc == TSS2_RC_SUCCESS)
         rc = Tss2_MU_TPM2B_PRIVATE_Marshal(&s->priv, buf, KH_TPM_BLOB_MAX, &off);
+    if (rc == TSS2_RC_SUCCESS)
+        rc = Tss2_MU_TPM2B_DIGEST_Marshal(&s->branch, buf, KH_TPM_BLOB_MAX, &off);
     if (rc != TSS2_RC_SUCCESS) {
         free(buf);
         return kh_tpm_rv(rc, KH_TPM_USE_PIN, "marshal seal blob");
@@ -132,7 +135,9 @@ CK_RV kh_tpm_seal_decode(kh_tpm_sealobj *s, const uint8_t *in, size_t len)
         rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(in, len, &off, &s->pub);
     if (rc == TSS2_RC_SUCCESS)
         rc = Tss2_MU_TPM2B_PRIVATE_Unmarshal(in, len, &off, &s->priv);
-    if (rc != TSS2_RC_SUCCESS || off != len) {
+    if (rc == TSS2_RC_SUCCESS)
+        rc = Tss2_MU_TPM2B_DIGEST_Unmarshal(in, len, &off, &s->branch);
+    if (rc != TSS2_RC_SUCCESS || off != len || s->branch.size != 32) {
         kh_log(KH_LOG_ERROR, "tpm: a PIN seal blob does not parse: store corrupted");
         return CKR_KH_STORE_ERROR;
     }

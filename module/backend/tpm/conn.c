@@ -22,10 +22,11 @@
  * TPM_PT_HR_TRANSIENT_AVAIL at connect minus one slot kept free for the
  * loads themselves). Without a resource manager, other processes share the
  * TPM's few slots: on TPM_RC_OBJECT_MEMORY we evict our own least recently
- * used object and lower our limit; with nothing of ours left we wait a
- * little for others to finish, then flush one transient object that is not
- * ours (a leftover of a tool, or another process's key, which that process
- * reloads). A handle of ours that someone else flushed (or that now holds
+ * used object and lower our limit, and for the next KH_TPM_SHARED_MS we keep
+ * nothing loaded between operations (so the others find room too); with
+ * nothing of ours left we wait a little for others to finish, then flush one
+ * transient object that is not ours (a leftover of a tool, or another
+ * process's key, which that process reloads). A handle of ours that someone else flushed (or that now holds
  * another object) shows up as a handle or auth error, or as a signature
  * that does not verify (keys.c): the object is reloaded.
  *
@@ -53,6 +54,10 @@
 #define KH_TPM_GRACE_TRIES 8
 /* Most objects we track; tpm_handles is capped to it. */
 #define KH_TPM_MAX_OBJS 64
+/* After the TPM was found full, this long (ms) the process keeps nothing
+ * loaded between operations, so that other processes sharing the TPM find
+ * room without flushing ours. */
+#define KH_TPM_SHARED_MS 5000
 /* Persistent parents remembered per connection (the configured one first). */
 #define KH_TPM_MAX_PERSISTENT 4
 
@@ -88,6 +93,7 @@ static struct {
     tpm_obj objs[KH_TPM_MAX_OBJS];
     size_t nobjs;
     uint64_t clock;
+    double contended_ms;        /* when TPM_RC_OBJECT_MEMORY was last seen (0: never) */
 } T;
 
 /* A forked child's inherited connection: kept reachable, never used. */
@@ -134,7 +140,9 @@ CK_RV kh_tpm_rv(TSS2_RC rc, kh_tpm_use use, const char *what)
             break;
         case TPM2_RC_POLICY_FAIL:
         case TPM2_RC_PCR_CHANGED:
-            rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+            /* a key's PCR policy; a PIN-seal object's policy fails only when
+             * another object keeps taking its handle */
+            rv = use == KH_TPM_USE_PIN ? CKR_DEVICE_ERROR : CKR_KEY_FUNCTION_NOT_PERMITTED;
             lvl = KH_LOG_WARN;
             break;
         case TPM2_RC_OBJECT_MEMORY:
@@ -328,8 +336,17 @@ CK_RV kh_tpm_lock(void)
     return CKR_OK;
 }
 
+/* Shared without a resource manager: another process needed the slots lately. */
+static bool shared_locked(void)
+{
+    return T.contended_ms > 0 && now_ms() - T.contended_ms < KH_TPM_SHARED_MS;
+}
+
 void kh_tpm_unlock(void)
 {
+    /* A TPM shared with other processes: leave nothing loaded between operations. */
+    while (T.esys && T.nobjs > 0 && shared_locked())
+        kh_tpm_flush_locked(T.objs[T.nobjs - 1].tr);
     kh_mutex_unlock(T.lock);
 }
 
@@ -686,6 +703,10 @@ bool kh_tpm_make_room_locked(ESYS_TR keep, bool full, unsigned attempt)
     }
     if (attempt >= KH_TPM_ROOM_TRIES)
         return false;
+    if (!shared_locked())
+        kh_log(KH_LOG_INFO, "tpm: the TPM is full: keeping nothing loaded between operations for %d s",
+               KH_TPM_SHARED_MS / 1000);
+    T.contended_ms = now_ms();
     size_t before = T.nobjs;
     if (evict_lru_locked(keep)) {
         /* Someone else holds the rest: keep no more than we had, less one. */
@@ -953,6 +974,14 @@ static bool tr_is_srk(ESYS_TR tr)
     return o && o->srk;
 }
 
+bool kh_tpm_srk_drop_if_locked(ESYS_TR parent)
+{
+    if (!T.esys || !tr_is_srk(parent))
+        return false;
+    srk_drop_locked();
+    return true;
+}
+
 TSS2_RC kh_tpm_obj_get_locked(ESYS_TR *tr, bool *cached, const TPM2B_NAME *parent,
                               const TPM2B_PUBLIC *pub, const TPM2B_PRIVATE *priv)
 {
@@ -991,8 +1020,10 @@ TSS2_RC kh_tpm_obj_get_locked(ESYS_TR *tr, bool *cached, const TPM2B_NAME *paren
         TSS2_RC base = kh_tpm_rc_base(rc);
         if (base == TPM2_RC_OBJECT_MEMORY && kh_tpm_make_room_locked(ptr, true, attempt))
             continue;
-        if ((base == TPM2_RC_REFERENCE_H0 || base == TPM2_RC_HANDLE) && tr_is_srk(ptr) &&
-            stale_parent++ < 2) {
+        /* The SRK's handle went stale (a restart, another process flushed it,
+         * maybe another object sits there now: a load under it then fails on
+         * handle 1 or its authorization): make it again. */
+        if (kh_tpm_rc_stale(rc) && tr_is_srk(ptr) && stale_parent++ < 3) {
             srk_drop_locked();
             continue;
         }

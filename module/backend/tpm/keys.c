@@ -29,8 +29,8 @@
  * Token services: PIN sealing (a keyedhash object per PIN, under the
  * primary, whose auth value is derived from the PIN and which is not noDA,
  * so wrong PINs count against the TPM's dictionary-attack lockout; usable
- * only through a PolicyAuthValue session, salted and encrypting the
- * response) and TPM2_GetRandom.
+ * only through a PolicyAuthValue + PolicyOR(own branch) session, salted and
+ * encrypting the response) and TPM2_GetRandom.
  */
 #include "tpm.h"
 
@@ -44,8 +44,10 @@
 #define KH_TPM_SECRET_LEN 32
 /* Sign attempts: a stale handle (another process flushed it, even between
  * our load and sign) and a lost connection each cost one. */
-#define KH_TPM_SIGN_TRIES 6
+#define KH_TPM_SIGN_TRIES 8
 #define KH_TPM_SESSION_TRIES 20
+/* Unseal attempts: each may lose its object to another process without a resource manager. */
+#define KH_TPM_UNSEAL_TRIES 10
 
 CK_RV kh_tpm_conn_init(void);
 void kh_tpm_conn_finalize(void);
@@ -207,10 +209,9 @@ static TSS2_RC pcr_policy_digest_locked(TPM2B_DIGEST *out, const TPML_PCR_SELECT
     return rc;
 }
 
-/* The authPolicy of PIN-seal objects: PolicyAuthValue (or PolicyPassword,
- * the same digest) alone: H(0...0 || TPM_CC_PolicyAuthValue) (TPM 2.0 Part 3,
- * 23.18). */
-static CK_RV password_policy_digest(TPM2B_DIGEST *out)
+/* PolicyAuthValue's digest from the empty policy: H(0...0 || TPM_CC_PolicyAuthValue)
+ * (TPM 2.0 Part 3, 23.18; PolicyPassword gives the same). */
+static CK_RV auth_value_digest(TPM2B_DIGEST *out)
 {
     uint8_t in[32 + 4] = { 0 };
     in[32] = (uint8_t)(TPM2_CC_PolicyAuthValue >> 24);
@@ -219,6 +220,43 @@ static CK_RV password_policy_digest(TPM2B_DIGEST *out)
     in[35] = (uint8_t)TPM2_CC_PolicyAuthValue;
     out->size = 32;
     return kh_hash_oneshot(out->buffer, KH_HASH_SHA256, in, sizeof in);
+}
+
+/* The authPolicy of a PIN-seal object: PolicyOR(PolicyAuthValue, branch),
+ * H(0...0 || TPM_CC_PolicyOR || d(PolicyAuthValue) || branch) (Part 3, 23.6). */
+static CK_RV seal_policy_digest(TPM2B_DIGEST *out, const TPM2B_DIGEST *branch)
+{
+    TPM2B_DIGEST av;
+    uint8_t in[32 + 4 + 64] = { 0 };
+    CK_RV rv = auth_value_digest(&av);
+    if (rv != CKR_OK)
+        return rv;
+    in[32] = (uint8_t)(TPM2_CC_PolicyOR >> 24);
+    in[33] = (uint8_t)(TPM2_CC_PolicyOR >> 16);
+    in[34] = (uint8_t)(TPM2_CC_PolicyOR >> 8);
+    in[35] = (uint8_t)TPM2_CC_PolicyOR;
+    memcpy(in + 36, av.buffer, 32);
+    memcpy(in + 68, branch->buffer, 32);
+    out->size = 32;
+    return kh_hash_oneshot(out->buffer, KH_HASH_SHA256, in, sizeof in);
+}
+
+static TSS2_RC fin_policy_or(ESYS_CONTEXT *e, void *arg)
+{
+    (void)arg;
+    return Esys_PolicyOR_Finish(e);
+}
+
+/* PolicyOR over this seal object's two branches (after PolicyAuthValue). */
+static TSS2_RC policy_or_locked(ESYS_TR s, const TPM2B_DIGEST *branch)
+{
+    TPML_DIGEST list = { .count = 2 };
+    if (auth_value_digest(&list.digests[0]) != CKR_OK)
+        return TSS2_ESYS_RC_MEMORY;
+    list.digests[1] = *branch;
+    ESYS_CONTEXT *e = kh_tpm_esys_locked();
+    return kh_tpm_run_locked(Esys_PolicyOR_Async(e, s, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &list),
+                             fin_policy_or, NULL, kh_tpm_timeout_ms(), "TPM2_PolicyOR");
 }
 
 /* ---- templates ---- */
@@ -353,7 +391,7 @@ static CK_RV tpm_generate_tmpl(struct kh_token *tok, kh_pubkey *pub, uint8_t **b
     rv = kh_tpm_lock();
     if (rv != CKR_OK)
         goto out_wipe;
-    for (int attempt = 0; attempt < 2; attempt++) {
+    for (int attempt = 0; attempt < 3; attempt++) {
         ESYS_TR parent;
         kh_tpm_caps caps;
         if (attempt > 0 && kh_tpm_reconnect_locked() != CKR_OK)
@@ -378,6 +416,7 @@ static CK_RV tpm_generate_tmpl(struct kh_token *tok, kh_pubkey *pub, uint8_t **b
             rv = CKR_KEY_SIZE_RANGE;
             goto out_wipe;
         }
+        parent = ESYS_TR_NONE;
         rc = kh_tpm_parent_default_locked(&parent, &k.parent);
         if (rc == TSS2_RC_SUCCESS && k.pcr)
             rc = pcr_policy_digest_locked(&policy, &k.pcrs);
@@ -385,7 +424,11 @@ static CK_RV tpm_generate_tmpl(struct kh_token *tok, kh_pubkey *pub, uint8_t **b
             key_template(&t, alg, rsa_bits, k.pcr ? &policy : NULL);
             rc = create_locked(&a, parent, &sens, &t, timeout);
         }
-        if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
+        if (rc == TSS2_RC_SUCCESS)
+            break;
+        if (kh_tpm_rc_stale(rc) && kh_tpm_srk_drop_if_locked(parent))
+            continue; /* the SRK's handle went stale: make it again */
+        if (!kh_tpm_retry_locked())
             break;
     }
     kh_tpm_unlock();
@@ -630,7 +673,7 @@ static CK_RV tpm_sign(struct kh_token *tok, const struct kh_key *key, kh_sigop o
     if (rv != CKR_OK)
         goto out_wipe;
     rv = CKR_DEVICE_ERROR;
-    bool reconnected = false;
+    bool reconnected = false, policy_retried = false;
     for (int attempt = 0; attempt < KH_TPM_SIGN_TRIES; attempt++) {
         TPMT_SIGNATURE *ts = NULL;
         bool cached = false;
@@ -673,7 +716,10 @@ static CK_RV tpm_sign(struct kh_token *tok, const struct kh_key *key, kh_sigop o
                 kh_tpm_unlock();
                 continue;
             }
-        } else if (kh_tpm_rc_stale(rc) && attempt + 1 < KH_TPM_SIGN_TRIES) {
+        } else if ((kh_tpm_rc_stale(rc) || (k.pcr && !policy_retried && kh_tpm_rc_base(rc) == TPM2_RC_POLICY_FAIL)) &&
+                   attempt + 1 < KH_TPM_SIGN_TRIES) {
+            /* a PCR key's policy failing may be another object at its handle: one fresh try */
+            policy_retried = policy_retried || kh_tpm_rc_base(rc) == TPM2_RC_POLICY_FAIL;
             kh_log(KH_LOG_DEBUG, "tpm: %s handle is stale (0x%08x); reloading", cached ? "cached" : "new",
                    (unsigned)rc);
             kh_tpm_forget_locked(&k.priv);
@@ -987,7 +1033,10 @@ static CK_RV tpm_pin_seal(uint8_t secret[32], uint8_t **blob, size_t *blob_len, 
     *blob_len = 0;
     memset(&so, 0, sizeof so);
     memset(&sens, 0, sizeof sens);
-    rv = password_policy_digest(&policy);
+    so.branch.size = 32;
+    rv = kh_random(so.branch.buffer, 32);
+    if (rv == CKR_OK)
+        rv = seal_policy_digest(&policy, &so.branch);
     if (rv == CKR_OK)
         rv = kh_random(secret, KH_TPM_SECRET_LEN);
     if (rv != CKR_OK)
@@ -1002,14 +1051,18 @@ static CK_RV tpm_pin_seal(uint8_t secret[32], uint8_t **blob, size_t *blob_len, 
     if (rv != CKR_OK)
         goto out_wipe;
     bool had_srk = kh_tpm_srk_loaded_locked();
-    for (int attempt = 0; attempt < 2; attempt++) {
-        ESYS_TR parent;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        ESYS_TR parent = ESYS_TR_NONE;
         if (attempt > 0 && kh_tpm_reconnect_locked() != CKR_OK)
             break;
         rc = kh_tpm_parent_default_locked(&parent, &so.parent);
         if (rc == TSS2_RC_SUCCESS)
             rc = create_locked(&a, parent, &sens, &t, kh_tpm_timeout_ms());
-        if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
+        if (rc == TSS2_RC_SUCCESS)
+            break;
+        if (kh_tpm_rc_stale(rc) && kh_tpm_srk_drop_if_locked(parent))
+            continue; /* the SRK's handle went stale: make it again */
+        if (!kh_tpm_retry_locked())
             break;
     }
     if (!had_srk && kh_tpm_esys_locked())
@@ -1035,18 +1088,21 @@ static TSS2_RC unseal_locked(TPM2B_SENSITIVE_DATA **out, const kh_tpm_sealobj *s
     static const TPM2B_AUTH empty = { .size = 0 };
     ESYS_TR tr, parent, session = ESYS_TR_NONE;
     bool cached;
-    TSS2_RC rc = kh_tpm_parent_find_locked(&parent, &so->parent);
+    TSS2_RC rc = kh_tpm_obj_get_locked(&tr, &cached, &so->parent, &so->pub, &so->priv);
     if (rc == TSS2_RC_SUCCESS)
-        rc = kh_tpm_obj_get_locked(&tr, &cached, &so->parent, &so->pub, &so->priv);
+        rc = kh_tpm_parent_find_locked(&parent, &so->parent);
     if (rc != TSS2_RC_SUCCESS)
         return rc;
-    /* The session is salted with the parent (the load kept it loaded) and
-     * encrypts the response: the secret never crosses the bus in clear.
-     * PolicyAuthValue (same policy digest as PolicyPassword) proves the auth
-     * value with an HMAC, which the response encryption also keys on. */
+    /* The session is salted with the parent (loaded: the object was just
+     * loaded under it) and encrypts the response: the secret never crosses
+     * the bus in clear. PolicyAuthValue (not PolicyPassword: ESYS and the TPM
+     * then disagree on the response key) proves the auth value with an HMAC;
+     * PolicyOR with the object's own branch makes the policy this object's. */
     rc = session_start_locked(&session, TPM2_SE_POLICY, parent);
     if (rc == TSS2_RC_SUCCESS)
         rc = policy_auth_value_locked(session);
+    if (rc == TSS2_RC_SUCCESS)
+        rc = policy_or_locked(session, &so->branch);
     ESYS_CONTEXT *e = kh_tpm_esys_locked();
     if (rc == TSS2_RC_SUCCESS)
         rc = Esys_TR_SetAuth(e, tr, auth);
@@ -1057,7 +1113,11 @@ static TSS2_RC unseal_locked(TPM2B_SENSITIVE_DATA **out, const kh_tpm_sealobj *s
         Esys_TR_SetAuth(e, tr, &empty);
         if (session != ESYS_TR_NONE)
             kh_tpm_flush_locked(session);
-        kh_tpm_flush_locked(tr);
+        /* a handle that holds someone else's object by now is forgotten, not flushed */
+        if (kh_tpm_rc_stale(rc) || kh_tpm_rc_base(rc) == TPM2_RC_POLICY_FAIL)
+            kh_tpm_obj_drop_locked(tr);
+        else
+            kh_tpm_flush_locked(tr);
     }
     return rc;
 }
@@ -1076,12 +1136,31 @@ static CK_RV tpm_pin_unseal(uint8_t secret[32], const uint8_t *blob, size_t blob
     if (rv != CKR_OK)
         goto out_wipe;
     bool had_srk = kh_tpm_srk_loaded_locked();
-    for (int attempt = 0; attempt < 2; attempt++) {
-        if (attempt > 0 && kh_tpm_reconnect_locked() != CKR_OK)
-            break;
+    bool reconnected = false;
+    for (int attempt = 0; attempt < KH_TPM_UNSEAL_TRIES; attempt++) {
+        Esys_Free(out);
+        out = NULL;
         rc = unseal_locked(&out, &so, &a);
-        if (rc == TSS2_RC_SUCCESS || !kh_tpm_retry_locked())
+        if (rc == TSS2_RC_SUCCESS)
             break;
+        kh_log(KH_LOG_DEBUG, "tpm: unseal attempt %d: 0x%08x", attempt, (unsigned)rc);
+        /* Another process took the object's handle between our load and
+         * unseal (no resource manager): a handle error, or the policy check
+         * of the object now there (each seal object's policy is its own, so
+         * this never reaches the auth check). Not a wrong PIN: wait a moment
+         * and load it again. */
+        if ((kh_tpm_rc_stale(rc) && kh_tpm_rc_base(rc) != TPM2_RC_AUTH_FAIL &&
+             kh_tpm_rc_base(rc) != TPM2_RC_BAD_AUTH) ||
+            kh_tpm_rc_base(rc) == TPM2_RC_POLICY_FAIL) {
+            struct timespec ts = { 0, (long)(1 + attempt) * 1000000L };
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        if (!reconnected && kh_tpm_retry_locked() && kh_tpm_reconnect_locked() == CKR_OK) {
+            reconnected = true;
+            continue;
+        }
+        break;
     }
     if (!had_srk && kh_tpm_esys_locked())
         kh_tpm_srk_flush_locked();

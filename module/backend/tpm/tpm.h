@@ -131,6 +131,9 @@ void kh_tpm_obj_drop_locked(ESYS_TR tr);
  * without C_Finalize then leaks nothing into a TPM without a resource manager). */
 bool kh_tpm_srk_loaded_locked(void);
 void kh_tpm_srk_flush_locked(void);
+/* When parent is the SRK-template primary, forget it (its handle went stale)
+ * and return true: the caller looks up its parent again and retries. */
+bool kh_tpm_srk_drop_if_locked(ESYS_TR parent);
 /* Flush a transient object or session we own and forget it. */
 void kh_tpm_flush_locked(ESYS_TR tr);
 /*
@@ -162,11 +165,16 @@ typedef struct kh_tpm_key {
 CK_RV kh_tpm_key_encode(uint8_t **out, size_t *out_len, const kh_tpm_key *k);
 CK_RV kh_tpm_key_decode(kh_tpm_key *k, const uint8_t *in, size_t len);
 
-/* A PIN-sealed secret object (tokens row, not secret by itself). */
+/* A PIN-sealed secret object (tokens row, not secret by itself). Its
+ * authPolicy is PolicyOR(PolicyAuthValue, branch): the random branch makes
+ * every seal object's policy its own, so a session meant for one object
+ * fails the policy check (not the auth check, which would count against the
+ * TPM's lockout) on another that took its handle. */
 typedef struct kh_tpm_sealobj {
     TPM2B_NAME parent;
     TPM2B_PUBLIC pub;
     TPM2B_PRIVATE priv;
+    TPM2B_DIGEST branch;        /* 32 random bytes, the PolicyOR's second branch */
 } kh_tpm_sealobj;
 
 CK_RV kh_tpm_seal_encode(uint8_t **out, size_t *out_len, const kh_tpm_sealobj *s);
