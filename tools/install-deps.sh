@@ -9,8 +9,10 @@ packages=(
     libssl-dev libsecp256k1-dev libsqlite3-dev libp11-kit-dev libtss2-dev libjson-c-dev
     # consumers driven by the integration tests
     opensc gnutls-bin libengine-pkcs11-openssl openssh-client openssl p11-kit
-    # TPM simulator and tools
-    swtpm swtpm-tools tpm2-tools
+    # TPM simulator and tools; a resource manager (tpm-rm test) on a private D-Bus bus
+    swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon
+    # tpm2-pkcs11, compared against in tests/perf/tpm-compare.sh
+    libtpm2-pkcs11-1 libtpm2-pkcs11-tools
     # a second PKCS#11 module to compare against
     softhsm2
     # independent verifiers and helpers
