@@ -75,7 +75,7 @@ static const char kh_usage_main[] =
     "Commands:\n"
     "  init      create a token (sets the SO and user PINs)\n"
     "  keygen    generate a key pair on a token\n"
-    "  import    import a private key (hex, nsec, PEM)\n"
+    "  import    import a private key (hex, nsec, PEM) or a TPM key (tpm2_create)\n"
     "  list      list objects as PKCS#11 URIs (or JSON)\n"
     "  pubkey    print a public key (PEM, hex, x-only, npub, Ethereum, OpenSSH)\n"
     "  delete    delete a key pair\n"
@@ -88,7 +88,8 @@ static const char kh_usage_main[] =
     "  -h, --help      show help; 'keyhold COMMAND --help' for a command\n"
     "\n"
     "Environment: KEYHOLD_MODULE, KEYHOLD_PIN, KEYHOLD_SO_PIN; the module reads\n"
-    "KEYHOLD_STORE and KEYHOLD_CONF itself.\n";
+    "KEYHOLD_STORE, KEYHOLD_CONF and KEYHOLD_TCTI itself (tpm setup and doctor\n"
+    "read KEYHOLD_CONF and KEYHOLD_TCTI too).\n";
 
 static const char kh_usage_init[] =
     "Usage: keyhold init --label LABEL [--so-pin-file FILE] [--pin-file FILE]\n"
