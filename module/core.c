@@ -514,7 +514,34 @@ CK_RV kh_check_fork(void)
 
 /* ---- general functions ---- */
 
+/*
+ * C_Initialize and C_Finalize change the module's state as a whole; two
+ * threads calling C_Initialize at once (pkcs11-tool --test-threads does)
+ * must not both build it. An OS mutex (the application's callbacks are not
+ * known yet) serialises them.
+ */
+static pthread_mutex_t kh_init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static CK_RV initialize_serialised(CK_VOID_PTR pInitArgs);
+static CK_RV finalize_serialised(CK_VOID_PTR pReserved);
+
 CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
+{
+    pthread_mutex_lock(&kh_init_lock);
+    CK_RV rv = initialize_serialised(pInitArgs);
+    pthread_mutex_unlock(&kh_init_lock);
+    return rv;
+}
+
+CK_RV kh_Finalize(CK_VOID_PTR pReserved)
+{
+    pthread_mutex_lock(&kh_init_lock);
+    CK_RV rv = finalize_serialised(pReserved);
+    pthread_mutex_unlock(&kh_init_lock);
+    return rv;
+}
+
+static CK_RV initialize_serialised(CK_VOID_PTR pInitArgs)
 {
     CK_C_INITIALIZE_ARGS *args = pInitArgs;
     if (kh_mod.initialized) {
@@ -564,7 +591,7 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
     return CKR_OK;
 }
 
-CK_RV kh_Finalize(CK_VOID_PTR pReserved)
+static CK_RV finalize_serialised(CK_VOID_PTR pReserved)
 {
     if (pReserved)
         return CKR_ARGUMENTS_BAD;
