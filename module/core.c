@@ -166,6 +166,41 @@ static CK_RV config_read_file(kh_config *cfg, const char *path)
                 rv = CKR_GENERAL_ERROR;
                 break;
             }
+        } else if (!strcmp(key, "tcti")) {
+            if (strlen(val) >= sizeof cfg->tcti || !*val) {
+                kh_log(KH_LOG_ERROR, "%s:%u: tcti is empty or too long", path, lineno);
+                rv = CKR_GENERAL_ERROR;
+                break;
+            }
+            snprintf(cfg->tcti, sizeof cfg->tcti, "%s", val);
+            cfg->tcti_set = true;
+        } else if (!strcmp(key, "tpm_primary")) {
+            char *hend;
+            unsigned long h = strtoul(val, &hend, 0);
+            if (*hend || h < 0x81000000UL || h > 0x81FFFFFFUL) {
+                kh_log(KH_LOG_ERROR, "%s:%u: tpm_primary is not a persistent handle (0x81xxxxxx)", path,
+                       lineno);
+                rv = CKR_GENERAL_ERROR;
+                break;
+            }
+            cfg->tpm_primary = (uint32_t)h;
+        } else if (!strcmp(key, "tpm_handles")) {
+            cfg->tpm_handles = (unsigned)strtoul(val, NULL, 10);
+        } else if (!strcmp(key, "tpm_timeout")) {
+            cfg->tpm_timeout_ms = (unsigned)strtoul(val, NULL, 10);
+        } else if (!strcmp(key, "tpm_seal")) {
+            if (!strcmp(val, "auto"))
+                cfg->tpm_seal = KH_TPM_SEAL_AUTO;
+            else if (parse_bool(val))
+                cfg->tpm_seal = KH_TPM_SEAL_ON;
+            else if (!strcmp(val, "0") || !strcasecmp(val, "off") || !strcasecmp(val, "no") ||
+                     !strcasecmp(val, "false"))
+                cfg->tpm_seal = KH_TPM_SEAL_OFF;
+            else {
+                kh_log(KH_LOG_ERROR, "%s:%u: tpm_seal is auto, on or off", path, lineno);
+                rv = CKR_GENERAL_ERROR;
+                break;
+            }
         } else if (!strcmp(key, "log_level")) {
             cfg->log_level = !strcmp(val, "error") ? KH_LOG_ERROR : !strcmp(val, "warn") ? KH_LOG_WARN
                 : !strcmp(val, "info") ? KH_LOG_INFO : !strcmp(val, "debug") ? KH_LOG_DEBUG : 0;
@@ -194,6 +229,15 @@ CK_RV kh_config_load(kh_config *cfg)
     const char *store = getenv("KEYHOLD_STORE");
     if (store && *store)
         snprintf(cfg->store_dir, sizeof cfg->store_dir, "%s", store);
+    const char *tcti = getenv("KEYHOLD_TCTI");
+    if (tcti && *tcti) {
+        if (strlen(tcti) >= sizeof cfg->tcti) {
+            kh_log(KH_LOG_ERROR, "KEYHOLD_TCTI is too long");
+            return CKR_GENERAL_ERROR;
+        }
+        snprintf(cfg->tcti, sizeof cfg->tcti, "%s", tcti);
+        cfg->tcti_set = true;
+    }
     if (!cfg->store_dir[0])
         return kh_store_default_dir(cfg->store_dir, sizeof cfg->store_dir);
     return CKR_OK;
@@ -281,6 +325,28 @@ bool kh_token_user_logged_in(kh_token *tok)
     return __atomic_load_n(&tok->login, __ATOMIC_ACQUIRE) == CKU_USER;
 }
 
+/* PIN wraps bound to the TPM: the tpm backend's pin_seal / pin_unseal. */
+static kh_pin_binder kh_tpm_binder;
+
+/*
+ * Give the store the TPM binder (bound tokens log in through it), and say
+ * whether new tokens are bound: tpm_seal = on, or auto with a TPM configured
+ * (tcti set, or default_backend = tpm).
+ */
+static void store_bind(kh_store *st)
+{
+    const kh_backend_ops *tpm = kh_backend_get(CKV_KH_BACKEND_TPM);
+    if (!tpm || !tpm->pin_seal || !tpm->pin_unseal) {
+        kh_store_set_binder(st, NULL, false);
+        return;
+    }
+    kh_tpm_binder.seal = tpm->pin_seal;
+    kh_tpm_binder.unseal = tpm->pin_unseal;
+    bool bind_new = kh_mod.cfg.tpm_seal == KH_TPM_SEAL_ON ||
+                    (kh_mod.cfg.tpm_seal == KH_TPM_SEAL_AUTO && tpm->configured && tpm->configured());
+    kh_store_set_binder(st, &kh_tpm_binder, bind_new);
+}
+
 CK_RV kh_store_acquire(kh_store **out)
 {
     kh_mutex_lock(kh_mod.store_lock);
@@ -292,11 +358,23 @@ CK_RV kh_store_acquire(kh_store **out)
             kh_log(KH_LOG_ERROR, "cannot open the token store (rv 0x%lx)", rv);
             return rv;
         }
+        store_bind(st);
         /* Published for lock-free readers of its stamp (object.c keys_fresh). */
         __atomic_store_n(&kh_mod.store, st, __ATOMIC_RELEASE);
     }
     *out = kh_mod.store;
     return CKR_OK;
+}
+
+CK_RV kh_token_hw_random(kh_token *tok, uint8_t *buf, size_t len)
+{
+    kh_mutex_lock(tok->lock);
+    bool bound = tok->rec.tpm_bound;
+    kh_mutex_unlock(tok->lock);
+    const kh_backend_ops *tpm = kh_backend_get(CKV_KH_BACKEND_TPM);
+    if (!bound || !tpm || !tpm->random)
+        return CKR_FUNCTION_NOT_SUPPORTED;
+    return tpm->random(buf, len);
 }
 
 void kh_store_release(void)
@@ -373,6 +451,44 @@ CK_RV kh_token_get(kh_token **out, CK_SLOT_ID slot, bool need_initialized)
     }
     kh_mutex_unlock((*out)->lock);
     return CKR_OK;
+}
+
+/* ---- backends' life cycle ---- */
+
+static CK_RV backends_init(void)
+{
+    size_t n;
+    const kh_backend_ops *const *b = kh_backends(&n);
+    for (size_t i = 0; i < n; i++) {
+        if (b[i]->init) {
+            CK_RV rv = b[i]->init();
+            if (rv != CKR_OK) {
+                while (i-- > 0)
+                    if (b[i]->finalize)
+                        b[i]->finalize();
+                return rv;
+            }
+        }
+    }
+    return CKR_OK;
+}
+
+static void backends_finalize(void)
+{
+    size_t n;
+    const kh_backend_ops *const *b = kh_backends(&n);
+    for (size_t i = 0; i < n; i++)
+        if (b[i]->finalize)
+            b[i]->finalize();
+}
+
+static void backends_forked(void)
+{
+    size_t n;
+    const kh_backend_ops *const *b = kh_backends(&n);
+    for (size_t i = 0; i < n; i++)
+        if (b[i]->forked)
+            b[i]->forked();
 }
 
 /* ---- fork ---- */
@@ -491,7 +607,7 @@ CK_RV kh_check_fork(void)
     if (!kh_mod.initialized)
         return CKR_HOST_MEMORY;
     kh_keycache_flush_all();
-    kh_backends_forked();
+    backends_forked();
     kh_mod.pid = getpid();
     fork_mark_arm();
     return CKR_OK;
@@ -499,7 +615,34 @@ CK_RV kh_check_fork(void)
 
 /* ---- general functions ---- */
 
+/*
+ * C_Initialize and C_Finalize change the module's state as a whole; two
+ * threads calling C_Initialize at once (pkcs11-tool --test-threads does)
+ * must not both build it. An OS mutex (the application's callbacks are not
+ * known yet) serialises them.
+ */
+static pthread_mutex_t kh_init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static CK_RV initialize_serialised(CK_VOID_PTR pInitArgs);
+static CK_RV finalize_serialised(CK_VOID_PTR pReserved);
+
 CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
+{
+    pthread_mutex_lock(&kh_init_lock);
+    CK_RV rv = initialize_serialised(pInitArgs);
+    pthread_mutex_unlock(&kh_init_lock);
+    return rv;
+}
+
+CK_RV kh_Finalize(CK_VOID_PTR pReserved)
+{
+    pthread_mutex_lock(&kh_init_lock);
+    CK_RV rv = finalize_serialised(pReserved);
+    pthread_mutex_unlock(&kh_init_lock);
+    return rv;
+}
+
+static CK_RV initialize_serialised(CK_VOID_PTR pInitArgs)
 {
     CK_C_INITIALIZE_ARGS *args = pInitArgs;
     if (kh_mod.initialized) {
@@ -521,6 +664,10 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
     if (rv != CKR_OK)
         return rv;
     kh_log_set_level(kh_mod.cfg.log_level);
+    /* tpm2-tss logs to stderr unless told otherwise; keyhold is quiet by default. */
+    const char *klog = getenv("KEYHOLD_LOG");
+    if (!getenv("TSS2_LOG") && kh_mod.cfg.log_level < KH_LOG_DEBUG && !(klog && !strcmp(klog, "debug")))
+        setenv("TSS2_LOG", "all+NONE", 0);
     rv = kh_crypto_init();
     if (rv != CKR_OK)
         return rv;
@@ -533,6 +680,11 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
         return rv;
     }
     rv = kh_sessions_init();
+    if (rv == CKR_OK) {
+        rv = backends_init();
+        if (rv != CKR_OK)
+            kh_sessions_free_all();
+    }
     if (rv != CKR_OK) {
         kh_mutex_free(kh_mod.store_lock);
         kh_mutex_free(kh_mod.lock);
@@ -547,7 +699,7 @@ CK_RV kh_Initialize(CK_VOID_PTR pInitArgs)
     return CKR_OK;
 }
 
-CK_RV kh_Finalize(CK_VOID_PTR pReserved)
+static CK_RV finalize_serialised(CK_VOID_PTR pReserved)
 {
     if (pReserved)
         return CKR_ARGUMENTS_BAD;
@@ -558,7 +710,7 @@ CK_RV kh_Finalize(CK_VOID_PTR pReserved)
     kh_objects_free_all();
     tokens_free_all();
     kh_keycache_shutdown();
-    kh_backends_shutdown();
+    backends_finalize();
     if (kh_mod.store)
         kh_store_close(kh_mod.store);
     kh_mod.store = NULL;
@@ -675,7 +827,7 @@ CK_RV kh_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
         return rv;
     memset(pInfo, 0, sizeof *pInfo);
     pad_copy(pInfo->manufacturerID, sizeof pInfo->manufacturerID, "keyhold");
-    pad_copy(pInfo->model, sizeof pInfo->model, "vault");
+    pad_copy(pInfo->model, sizeof pInfo->model, rec.tpm_bound ? "vault+tpm" : "vault");
     pInfo->flags = CKF_RNG | CKF_LOGIN_REQUIRED;
     if (rec.id) {
         pad_copy(pInfo->label, sizeof pInfo->label, rec.label);

@@ -49,6 +49,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/obj_mac.h>
+#include <openssl/rand.h>
 #include <openssl/rsa.h>
 
 #include <secp256k1.h>
@@ -1212,8 +1213,40 @@ out:
 
 /* ---- generate / import / load ----------------------------------------- */
 
+CK_RV kh_rng_mix(uint8_t *buf, size_t len, const uint8_t *mix, size_t mix_len, uint32_t counter)
+{
+    uint8_t h[64], *in;
+    CK_RV rv;
+
+    if (len > sizeof h || (!mix && mix_len))
+        return CKR_ARGUMENTS_BAD;
+    in = malloc(mix_len + 4);
+    if (!in)
+        return CKR_HOST_MEMORY;
+    if (mix_len)
+        memcpy(in, mix, mix_len);
+    in[mix_len] = (uint8_t)(counter >> 24);
+    in[mix_len + 1] = (uint8_t)(counter >> 16);
+    in[mix_len + 2] = (uint8_t)(counter >> 8);
+    in[mix_len + 3] = (uint8_t)counter;
+    rv = kh_hash_oneshot(h, KH_HASH_SHA512, in, mix_len + 4);
+    if (rv == CKR_OK)
+        for (size_t i = 0; i < len; i++)
+            buf[i] ^= h[i];
+    OPENSSL_cleanse(in, mix_len + 4);
+    free(in);
+    OPENSSL_cleanse(h, sizeof h);
+    return rv;
+}
+
 CK_RV kh_crypto_generate(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
                          kh_alg alg, unsigned rsa_bits)
+{
+    return kh_crypto_generate_mixed(pub, secret, secret_len, alg, rsa_bits, NULL, 0);
+}
+
+CK_RV kh_crypto_generate_mixed(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
+                               kh_alg alg, unsigned rsa_bits, const uint8_t *mix, size_t mix_len)
 {
     uint8_t sk[48];
     size_t flen = kh_field_len(alg);
@@ -1236,6 +1269,8 @@ CK_RV kh_crypto_generate(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
         /* Rejection sampling: a draw outside [1, n-1] is vanishingly rare. */
         for (int tries = 0; tries < 64; tries++) {
             rv = kh_crypto_random(sk, flen);
+            if (rv == CKR_OK && mix_len)
+                rv = kh_rng_mix(sk, flen, mix, mix_len, (uint32_t)tries);
             if (rv != CKR_OK)
                 break;
             rv = alg == KH_ALG_SECP256K1 ? kh_k1_pub(pub, sk) : kh_ec_load(NULL, pub, alg, sk);
@@ -1249,6 +1284,8 @@ CK_RV kh_crypto_generate(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
         break;
     case KH_ALG_ED25519:
         rv = kh_crypto_random(sk, 32);
+        if (rv == CKR_OK && mix_len)
+            rv = kh_rng_mix(sk, 32, mix, mix_len, 0);
         if (rv == CKR_OK)
             rv = kh_ed_load(NULL, pub, sk);
         if (rv == CKR_OK)
@@ -1257,6 +1294,15 @@ CK_RV kh_crypto_generate(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
     case KH_ALG_RSA:
         if (rsa_bits < KH_RSA_MIN_BITS || rsa_bits > KH_RSA_MAX_BITS || rsa_bits % 8 != 0)
             return CKR_KEY_SIZE_RANGE;
+        if (mix_len) {
+            /* OpenSSL's DRBG draws the primes: give it the extra bytes as
+             * additional input to a reseed (they add, never replace). */
+            EVP_RAND_CTX *drbg = RAND_get0_private(NULL);
+            if (!drbg || !EVP_RAND_reseed(drbg, 0, NULL, 0, mix, mix_len)) {
+                rv = kh_crypto_ossl_rv(CKR_FUNCTION_FAILED, "DRBG reseed");
+                break;
+            }
+        }
         rsa = kh_rsa_new();
         e = BN_new();
         if (!rsa || !e || !BN_set_word(e, RSA_F4) ||

@@ -96,6 +96,16 @@ size_t kh_softkey_sig_len(const kh_softkey *key, kh_sigop op);
 CK_RV kh_crypto_generate(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
                          kh_alg alg, unsigned rsa_bits);
 /*
+ * kh_crypto_generate with extra random bytes (mix, mix_len; from a hardware
+ * RNG) mixed into the OS RNG's output: EC and Ed25519 secrets are the OS
+ * bytes XOR SHA-512(mix || draw counter) (uniform if either source is);
+ * for RSA, mix is additional input to a reseed of OpenSSL's DRBG.
+ */
+CK_RV kh_crypto_generate_mixed(kh_pubkey *pub, uint8_t **secret, size_t *secret_len,
+                               kh_alg alg, unsigned rsa_bits, const uint8_t *mix, size_t mix_len);
+/* buf ^= SHA-512(mix || counter as 4 bytes big-endian)[0..len); len <= 64. */
+CK_RV kh_rng_mix(uint8_t *buf, size_t len, const uint8_t *mix, size_t mix_len, uint32_t counter);
+/*
  * Validate a private key and derive its public key. secret in the same
  * encoding as kh_crypto_generate produces. EC scalars shorter than the field
  * size are left-padded (longer ones only if the excess bytes are zero).

@@ -3,11 +3,13 @@
  *
  * Lock order (take left before right, never the reverse):
  *     global (kh_mod.lock) -> token (tok->lock) -> session (s->lock) -> store (kh_mod.store_lock)
+ *     -> TPM (the tpm backend's connection lock, backend/tpm/conn.c)
  * The key cache has its own leaf lock (keycache.c), and so do the resolved-key
  * cache (object.c) and the session table's stripes (session.c: a stripe is
  * taken alone to look a session up, or under the global lock to add or remove
  * one). No TPM, socket or store I/O under the global lock: the store has its
- * own mutex.
+ * own mutex, and TPM commands are serialised by the TPM lock alone (under the
+ * store lock only where a PIN check needs the TPM).
  *
  * Suffixes: _locked = the caller holds the lock named in the comment;
  * _take = ownership of the argument moves to the callee.
@@ -47,7 +49,17 @@ typedef struct kh_config {
     CK_ULONG default_backend;   /* for new tokens: CKV_KH_BACKEND_VAULT */
     int log_level;
     kh_remote_config remote;    /* remote_* keys (module/backend/remote/remote.h) */
+    /* tpm backend */
+    char tcti[512];             /* TCTI "name:conf"; empty: device:/dev/tpmrm0 */
+    bool tcti_set;              /* tcti came from KEYHOLD_CONF or KEYHOLD_TCTI */
+    uint32_t tpm_primary;       /* persistent handle of the primary; 0: 0x81000001 */
+    unsigned tpm_handles;       /* TPM objects kept loaded; 0: from TPM_PT_HR_TRANSIENT_AVAIL */
+    unsigned tpm_timeout_ms;    /* deadline of one TPM command; 0: 10000 */
+    int tpm_seal;               /* KH_TPM_SEAL_*: seal new tokens' keys to the TPM */
 } kh_config;
+
+/* tpm_seal: auto seals when a TPM is configured (tcti set, or default_backend = tpm). */
+enum { KH_TPM_SEAL_AUTO = 0, KH_TPM_SEAL_ON, KH_TPM_SEAL_OFF };
 
 /* Load defaults, then KEYHOLD_CONF (key = value lines), then environment. */
 CK_RV kh_config_load(kh_config *cfg);
@@ -78,6 +90,12 @@ void kh_token_last_session_closed(kh_token *tok);
  * CKR_USER_NOT_LOGGED_IN otherwise. out is wiped by the caller. */
 CK_RV kh_token_key_copy(kh_token *tok, uint8_t out[KH_TOKEN_KEY_LEN]);
 bool kh_token_user_logged_in(kh_token *tok);
+/*
+ * Random bytes from the hardware the token is bound to (its PIN wraps are
+ * sealed to a TPM): TPM2_GetRandom. CKR_FUNCTION_NOT_SUPPORTED for a token
+ * without one; CKR_DEVICE_ERROR when the TPM does not answer.
+ */
+CK_RV kh_token_hw_random(kh_token *tok, uint8_t *buf, size_t len);
 
 /* ---- sessions ---- */
 

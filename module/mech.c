@@ -269,7 +269,6 @@ CK_RV kh_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_
 /* C_GetMechanismInfo body: the caller has checked initialisation and slot id. */
 CK_RV kh_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
 {
-    (void)slot;
     if (!info)
         return CKR_ARGUMENTS_BAD;
     const kh_mech *m = kh_mech_find(type);
@@ -278,5 +277,15 @@ CK_RV kh_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_
     info->ulMinKeySize = m->min_bits;
     info->ulMaxKeySize = m->max_bits;
     info->flags = m->flags;
+    /* A token whose new keys go to a backend with its own limits (a TPM)
+     * reports what that backend can do. The free slot's new token would
+     * get the configured default backend. */
+    kh_token *tok;
+    if (!kh_mod.initialized || kh_token_get(&tok, slot, false) != CKR_OK)
+        return CKR_OK;
+    CK_ULONG backend = tok->rec.id ? tok->rec.default_backend : kh_mod.cfg.default_backend;
+    const kh_backend_ops *be = kh_backend_get(backend);
+    if (be && be->mech_info)
+        return be->mech_info(tok, type, info);
     return CKR_OK;
 }

@@ -157,6 +157,18 @@ kh_alg kh_alg_from_ec_params(const uint8_t *params, size_t len)
     return KH_ALG_NONE;
 }
 
+/* The CKA_EC_PARAMS (OID) of an EC alg, or NULL. Out: *len. */
+static const uint8_t *alg_ec_params(kh_alg alg, size_t *len)
+{
+    for (size_t i = 0; i < sizeof curves / sizeof curves[0]; i++) {
+        if (curves[i].alg == alg) {
+            *len = curves[i].len;
+            return curves[i].der;
+        }
+    }
+    return NULL;
+}
+
 static CK_KEY_TYPE alg_key_type(kh_alg alg)
 {
     return alg == KH_ALG_ED25519 ? CKK_EC_EDWARDS : alg == KH_ALG_RSA ? CKK_RSA : CKK_EC;
@@ -807,6 +819,15 @@ static CK_RV rec_seal(kh_obj_rec *rec, kh_session *s, const uint8_t *blob, size_
     return rv;
 }
 
+/* True when a template holds an attribute of the tpm backend. */
+static bool tmpl_has_tpm_attrs(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    for (CK_ULONG i = 0; i < n; i++)
+        if (t[i].type >= CKA_KH_TPM_PUBLIC && t[i].type <= (CKA_VENDOR_DEFINED | KH_VENDOR_BASE | 0x1FUL))
+            return true;
+    return false;
+}
+
 static CK_RV backend_for(const kh_backend_ops **out, kh_session *s, const CK_ATTRIBUTE *t, CK_ULONG n, bool gen)
 {
     CK_ULONG id = s->tok->rec.default_backend ? s->tok->rec.default_backend : CKV_KH_BACKEND_VAULT;
@@ -815,11 +836,66 @@ static CK_RV backend_for(const kh_backend_ops **out, kh_session *s, const CK_ATT
         return CKR_ATTRIBUTE_VALUE_INVALID;
     if (id != CKV_KH_BACKEND_VAULT && id != CKV_KH_BACKEND_TPM && id != CKV_KH_BACKEND_REMOTE)
         return CKR_ATTRIBUTE_VALUE_INVALID;
+    /* another backend's vendor attributes make no sense here */
+    if (id != CKV_KH_BACKEND_TPM && tmpl_has_tpm_attrs(t, n))
+        return CKR_TEMPLATE_INCONSISTENT;
     const kh_backend_ops *ops = kh_backend_get(id);
     if (!ops || !(gen ? ops->generate != NULL : ops->import != NULL))
         return CKR_FUNCTION_NOT_SUPPORTED; /* that backend is not available in this build */
     *out = ops;
     return CKR_OK;
+}
+
+/*
+ * C_CreateObject of a private key that already lives in a backend (tpm:
+ * CKA_KH_TPM_PUBLIC / CKA_KH_TPM_PRIVATE): the backend adopts it and tells
+ * its public key, which decides CKA_EC_PARAMS (given ones must agree) and
+ * the public attributes. No private value may come with it.
+ */
+static CK_RV create_adopted(kh_obj_rec *rec, uint8_t **blob, size_t *blob_len, kh_session *s,
+                            CK_KEY_TYPE kt, const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_ULONG id = CKV_KH_BACKEND_TPM;
+    const CK_ATTRIBUTE *a = tmpl_find(t, n, CKA_KH_BACKEND);
+    if (a && (!attr_ulong(a, &id) || id != CKV_KH_BACKEND_TPM))
+        return CKR_TEMPLATE_INCONSISTENT;
+    static const CK_ATTRIBUTE_TYPE values[] = { CKA_VALUE, CKA_EC_POINT, CKA_MODULUS, CKA_PRIVATE_EXPONENT,
+                                                CKA_PRIME_1, CKA_PRIME_2, CKA_EXPONENT_1, CKA_EXPONENT_2,
+                                                CKA_COEFFICIENT, CKA_PUBLIC_EXPONENT };
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
+        if (tmpl_find(t, n, values[i]))
+            return CKR_TEMPLATE_INCONSISTENT;
+    const kh_backend_ops *ops = kh_backend_get(id);
+    if (!ops || !ops->adopt)
+        return CKR_FUNCTION_NOT_SUPPORTED;
+    kh_pubkey pub;
+    CK_RV rv = ops->adopt(s->tok, &pub, blob, blob_len, t, n);
+    if (rv != CKR_OK)
+        return rv;
+    if (alg_key_type(pub.alg) != kt)
+        return CKR_TEMPLATE_INCONSISTENT;
+    if (kt == CKK_EC) {
+        size_t plen = 0;
+        const uint8_t *params = alg_ec_params(pub.alg, &plen);
+        const CK_ATTRIBUTE *given = tmpl_find(t, n, CKA_EC_PARAMS);
+        if (!params)
+            return CKR_CURVE_NOT_SUPPORTED;
+        if (given && (!given->pValue || kh_alg_from_ec_params(given->pValue, given->ulValueLen) != pub.alg))
+            return CKR_TEMPLATE_INCONSISTENT;
+        if (!given)
+            rv = rec_set(rec, CKA_EC_PARAMS, params, plen);
+    }
+    if (rv == CKR_OK)
+        rv = rec_set_public(rec, &pub);
+    if (rv == CKR_OK)
+        rv = rec_set_ulong(rec, CKA_KH_BACKEND, ops->id);
+    if (rv == CKR_OK)
+        rv = rec_set_bool(rec, CKA_ALWAYS_SENSITIVE, false);
+    if (rv == CKR_OK)
+        rv = rec_set_bool(rec, CKA_NEVER_EXTRACTABLE, false);
+    if (rv == CKR_OK)
+        rv = rec_seal(rec, s, *blob, *blob_len);
+    return rv;
 }
 
 static bool ulong_attr_mismatch(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type, CK_ULONG want)
@@ -883,19 +959,6 @@ static kh_alg tmpl_alg(CK_KEY_TYPE kt, const CK_ATTRIBUTE *t, CK_ULONG n, CK_RV 
         return KH_ALG_NONE;
     }
     return alg;
-}
-
-/* CKA_EC_PARAMS (OID form) for an EC or Ed25519 alg. */
-static const CK_ATTRIBUTE *alg_ec_params(kh_alg alg, CK_ATTRIBUTE *out)
-{
-    for (size_t i = 0; i < sizeof curves / sizeof curves[0]; i++)
-        if (curves[i].alg == alg) {
-            out->type = CKA_EC_PARAMS;
-            out->pValue = (void *)curves[i].der;
-            out->ulValueLen = curves[i].len;
-            return out;
-        }
-    return NULL;
 }
 
 /*
@@ -962,11 +1025,12 @@ static CK_RV create_remote_key(kh_session *s, const CK_ATTRIBUTE *t, CK_ULONG n,
     if (rv == CKR_OK)
         rv = rec_apply(&rec, CKO_PRIVATE_KEY, kt, t, n);
     if (rv == CKR_OK && kt != CKK_RSA && !pa) {
-        CK_ATTRIBUTE p;
-        if (!alg_ec_params(pub.alg, &p))
+        size_t plen = 0;
+        const uint8_t *params = alg_ec_params(pub.alg, &plen);
+        if (!params)
             rv = CKR_GENERAL_ERROR;
         else
-            rv = rec_set(&rec, CKA_EC_PARAMS, p.pValue, p.ulValueLen);
+            rv = rec_set(&rec, CKA_EC_PARAMS, params, plen);
     }
     if (rv == CKR_OK)
         rv = rec_set_public(&rec, &pub);
@@ -1055,6 +1119,11 @@ CK_RV kh_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK
             rv = kh_pubkey_check(&pub); /* the point is on the curve, the modulus in range */
         if (rv == CKR_OK)
             rv = rec_set_public(&rec, &pub); /* normalise CKA_EC_POINT to DER */
+        if (rv != CKR_OK)
+            goto out;
+    } else if (cls == CKO_PRIVATE_KEY && (tmpl_find(pTemplate, ulCount, CKA_KH_TPM_PUBLIC) ||
+                                          tmpl_find(pTemplate, ulCount, CKA_KH_TPM_PRIVATE))) {
+        rv = create_adopted(&rec, &blob, &blob_len, s, kt, pTemplate, ulCount);
         if (rv != CKR_OK)
             goto out;
     } else if (cls == CKO_PRIVATE_KEY) {
@@ -1180,7 +1249,10 @@ CK_RV kh_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism
     if (rv != CKR_OK)
         goto out;
     kh_pubkey pub;
-    rv = ops->generate(s->tok, &pub, &blob, &blob_len, alg, bits);
+    if (ops->generate_tmpl)
+        rv = ops->generate_tmpl(s->tok, &pub, &blob, &blob_len, alg, bits, vt, vn);
+    else
+        rv = ops->generate(s->tok, &pub, &blob, &blob_len, alg, bits);
     if (rv != CKR_OK)
         goto out;
     rv = rec_defaults(&recs[0], CKO_PUBLIC_KEY, kt);

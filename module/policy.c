@@ -70,6 +70,12 @@ static const kh_attr_rule rules[] = {
     { .type = CKA_COEFFICIENT,      .classes = C_PRIV, .keys = K_RSA, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE | KH_AF_SECRET },
     { .type = CKA_KH_BACKEND,       .classes = C_PRIV, .kind = KH_AK_ULONG, .flags = KH_AF_CREATE },
     { .type = CKA_KH_REMOTE_REF,    .classes = C_PRIV, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE },
+    /* tpm backend: adopting existing TPM keys, PCR policies */
+    { .type = CKA_KH_TPM_PUBLIC,    .classes = C_PRIV, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE },
+    { .type = CKA_KH_TPM_PRIVATE,   .classes = C_PRIV, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE | KH_AF_SECRET },
+    { .type = CKA_KH_TPM_AUTH,      .classes = C_PRIV, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE | KH_AF_SECRET },
+    { .type = CKA_KH_TPM_PARENT,    .classes = C_PRIV, .kind = KH_AK_ULONG, .flags = KH_AF_CREATE },
+    { .type = CKA_KH_TPM_PCR_POLICY, .classes = C_PRIV, .kind = KH_AK_BYTES, .flags = KH_AF_CREATE },
 };
 
 static unsigned class_bit(CK_OBJECT_CLASS cls)

@@ -178,6 +178,15 @@ static CK_RV op_init(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDL
     rv = op_params(op, mech);
     if (rv != CKR_OK)
         goto out_free;
+    if (purpose == CKF_SIGN) {
+        /* The key's backend may sign with fewer mechanisms than the table has (a TPM). */
+        const kh_backend_ops *be = kh_backend_get(op->key->backend);
+        if (be && be->sign_check) {
+            rv = be->sign_check(s->tok, op->key, m, &op->params);
+            if (rv != CKR_OK)
+                goto out_free;
+        }
+    }
     if (m->hash != KH_HASH_NONE) {
         rv = kh_hash_new(&op->hash, m->hash);
         if (rv != CKR_OK) {

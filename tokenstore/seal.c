@@ -73,6 +73,28 @@ void kh_kdf_default(kh_kdf_params *out)
     }
 }
 
+CK_RV kh_hkdf_sha256(uint8_t *out, size_t out_len, const uint8_t *ikm, size_t ikm_len, const char *info)
+{
+    EVP_KDF *alg = EVP_KDF_fetch(kh_ossl_libctx(), OSSL_KDF_NAME_HKDF, NULL);
+    EVP_KDF_CTX *ctx = alg ? EVP_KDF_CTX_new(alg) : NULL;
+    CK_RV rv = CKR_FUNCTION_FAILED;
+    if (ctx) {
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
+            OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)ikm, ikm_len),
+            OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, strlen(info)),
+            OSSL_PARAM_construct_end(),
+        };
+        if (EVP_KDF_derive(ctx, out, out_len, params) == 1)
+            rv = CKR_OK;
+    }
+    EVP_KDF_CTX_free(ctx);
+    EVP_KDF_free(alg);
+    if (rv != CKR_OK)
+        kh_wipe(out, out_len);
+    return rv;
+}
+
 /* Predicate: are these scrypt parameters within the bounds we accept? */
 static bool kh_kdf_params_ok(const kh_kdf_params *kdf)
 {

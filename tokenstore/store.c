@@ -86,7 +86,13 @@ static const char *const kh_store_migrations[] = {
     "  event TEXT NOT NULL,"
     "  detail TEXT"
     ");",
-    /* version 2 goes here */
+    /* version 2: PIN wraps bound to a TPM. A bound wrap's key is derived
+     * from the PIN and a secret the TPM unseals only with a PIN-derived auth
+     * value (kh_pin_binder); these columns hold the TPM's sealed object. A
+     * token is bound when its SO wrap is (so_tpm IS NOT NULL). */
+    "ALTER TABLE tokens ADD COLUMN user_tpm BLOB;"
+    "ALTER TABLE tokens ADD COLUMN so_tpm BLOB;",
+    /* version 3 goes here */
 };
 #define KH_SCHEMA_VERSION ((int)(sizeof kh_store_migrations / sizeof kh_store_migrations[0]))
 
@@ -121,7 +127,8 @@ enum kh_stmt {
     KH_ST_COUNT
 };
 
-#define KH_TOKEN_COLS "id, label, uid, user_wrap IS NOT NULL, user_fail, so_fail, default_backend"
+#define KH_TOKEN_COLS \
+    "id, label, uid, user_wrap IS NOT NULL, user_fail, so_fail, default_backend, so_tpm IS NOT NULL"
 
 static const char *const kh_stmt_sql[KH_ST_COUNT] = {
     [KH_ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -132,20 +139,21 @@ static const char *const kh_stmt_sql[KH_ST_COUNT] = {
     [KH_ST_TOKEN_GET] = "SELECT " KH_TOKEN_COLS " FROM tokens WHERE id = ?1",
     [KH_ST_TOKEN_INSERT] =
         "INSERT INTO tokens (id, label, uid, so_salt, so_kdf_log2n, so_kdf_r, so_kdf_p,"
-        " so_wrap, key_check, default_backend, created)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        " so_wrap, key_check, default_backend, created, so_tpm)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     [KH_ST_TOKEN_REINIT] =
         "UPDATE tokens SET label = ?2, uid = ?3, so_salt = ?4, so_kdf_log2n = ?5,"
         " so_kdf_r = ?6, so_kdf_p = ?7, so_wrap = ?8, key_check = ?10, so_fail = 0,"
+        " so_tpm = ?11, user_tpm = NULL,"
         " user_salt = NULL, user_kdf_log2n = NULL, user_kdf_r = NULL, user_kdf_p = NULL,"
         " user_wrap = NULL, user_fail = 0 WHERE id = ?1 AND so_wrap = ?9",
     [KH_ST_TOKEN_SET_BACKEND] = "UPDATE tokens SET default_backend = ?2 WHERE id = ?1",
-    [KH_ST_TOKEN_KEY_CHECK] = "SELECT uid, key_check FROM tokens WHERE id = ?1",
+    [KH_ST_TOKEN_KEY_CHECK] = "SELECT uid, key_check, so_tpm IS NOT NULL FROM tokens WHERE id = ?1",
     [KH_ST_WRAP_GET_SO] =
-        "SELECT uid, so_salt, so_kdf_log2n, so_kdf_r, so_kdf_p, so_wrap, so_fail"
+        "SELECT uid, so_salt, so_kdf_log2n, so_kdf_r, so_kdf_p, so_wrap, so_fail, so_tpm"
         " FROM tokens WHERE id = ?1",
     [KH_ST_WRAP_GET_USER] =
-        "SELECT uid, user_salt, user_kdf_log2n, user_kdf_r, user_kdf_p, user_wrap, user_fail"
+        "SELECT uid, user_salt, user_kdf_log2n, user_kdf_r, user_kdf_p, user_wrap, user_fail, user_tpm"
         " FROM tokens WHERE id = ?1",
     [KH_ST_FAIL_INC_SO] =
         "UPDATE tokens SET so_fail = so_fail + 1 WHERE id = ?1 AND so_wrap = ?2"
@@ -159,10 +167,11 @@ static const char *const kh_stmt_sql[KH_ST_COUNT] = {
         "UPDATE tokens SET user_fail = 0 WHERE id = ?1 AND user_wrap = ?2 AND user_fail < ?3",
     [KH_ST_WRAP_SET_SO] =
         "UPDATE tokens SET so_salt = ?2, so_kdf_log2n = ?3, so_kdf_r = ?4, so_kdf_p = ?5,"
-        " so_wrap = ?6, so_fail = 0 WHERE id = ?1 AND uid = ?7 AND (?8 IS NULL OR so_wrap = ?8)",
+        " so_wrap = ?6, so_tpm = ?9, so_fail = 0"
+        " WHERE id = ?1 AND uid = ?7 AND (?8 IS NULL OR so_wrap = ?8)",
     [KH_ST_WRAP_SET_USER] =
         "UPDATE tokens SET user_salt = ?2, user_kdf_log2n = ?3, user_kdf_r = ?4,"
-        " user_kdf_p = ?5, user_wrap = ?6, user_fail = 0"
+        " user_kdf_p = ?5, user_wrap = ?6, user_tpm = ?9, user_fail = 0"
         " WHERE id = ?1 AND uid = ?7 AND (?8 IS NULL OR user_wrap = ?8)",
     [KH_ST_OBJ_INSERT] =
         "INSERT INTO objects (token_id, uid, class, key_type, ckid, label, private, backend,"
@@ -192,6 +201,8 @@ struct kh_store {
     sqlite3_stmt *find[KH_FIND_SHAPES];
     int64_t data_version;
     const volatile uint32_t *wal_hdr;   /* WAL-index header in SQLite's -shm mapping, or NULL */
+    const kh_pin_binder *binder;    /* opens bound wraps; NULL: none available */
+    bool bind_new;                  /* bind the wraps of tokens initialised from now on */
 };
 
 static void kh_store_map_wal_hdr(kh_store *st);
@@ -652,6 +663,12 @@ bool kh_store_stamp_read(const kh_store *st, kh_store_stamp *out)
     return true;
 }
 
+void kh_store_set_binder(kh_store *st, const kh_pin_binder *binder, bool bind_new)
+{
+    st->binder = binder;
+    st->bind_new = binder && bind_new;
+}
+
 bool kh_store_changed(kh_store *st)
 {
     sqlite3_stmt *s = NULL;
@@ -695,6 +712,7 @@ static CK_RV kh_token_from_row(kh_token_rec *t, sqlite3_stmt *s)
     t->user_fail = (uint32_t)sqlite3_column_int64(s, 4);
     t->so_fail = (uint32_t)sqlite3_column_int64(s, 5);
     t->default_backend = (CK_ULONG)sqlite3_column_int64(s, 6);
+    t->tpm_bound = sqlite3_column_int(s, 7) != 0;
     return CKR_OK;
 }
 
@@ -802,11 +820,14 @@ struct kh_wrap {
     uint8_t *blob;       /* NULL: no PIN set */
     size_t blob_len;
     uint32_t fail;
+    uint8_t *tpm;        /* the binder's sealed secret, or NULL: not bound */
+    size_t tpm_len;
 };
 
 static void kh_wrap_clear(struct kh_wrap *w)
 {
     free(w->blob);
+    free(w->tpm);
     memset(w, 0, sizeof *w);
 }
 
@@ -871,6 +892,8 @@ static CK_RV kh_wrap_load(kh_store *st, struct kh_wrap *w, int64_t token_id, enu
     w->kdf.r = (uint32_t)sqlite3_column_int64(s, 3);
     w->kdf.p = (uint32_t)sqlite3_column_int64(s, 4);
     rv = kh_col_dup(&w->blob, &w->blob_len, s, 5);
+    if (rv == CKR_OK)
+        rv = kh_col_dup(&w->tpm, &w->tpm_len, s, 7);
 out:
     kh_store_done(s);
     if (rv != CKR_OK)
@@ -878,13 +901,39 @@ out:
     return rv;
 }
 
-/* Make a fresh wrap of key under pin for who: new salt, KDF, seal. Runs the
- * KDF, so never call it inside a transaction. */
+/* Labels of the two HKDF-SHA-256 derivations of a bound wrap. */
+#define KH_INFO_TPM_AUTH "keyhold-tpm-auth-v1"
+#define KH_INFO_PIN_KEK "keyhold-pin-kek-v1"
+
+/* The auth value the binder's object gets: HKDF(KDF output, KH_INFO_TPM_AUTH). */
+static CK_RV kh_bound_auth(uint8_t auth[32], const uint8_t kdf_out[32])
+{
+    return kh_hkdf_sha256(auth, 32, kdf_out, 32, KH_INFO_TPM_AUTH);
+}
+
+/* A bound wrap's key: HKDF(KDF output || the unsealed secret, KH_INFO_PIN_KEK). */
+static CK_RV kh_bound_kek(uint8_t kek[32], const uint8_t kdf_out[32], const uint8_t secret[32])
+{
+    uint8_t ikm[64];
+    memcpy(ikm, kdf_out, 32);
+    memcpy(ikm + 32, secret, 32);
+    CK_RV rv = kh_hkdf_sha256(kek, 32, ikm, sizeof ikm, KH_INFO_PIN_KEK);
+    kh_wipe(ikm, sizeof ikm);
+    return rv;
+}
+
+/*
+ * Make a fresh wrap of key under pin for who: new salt, KDF, seal. With a
+ * binder the wrap is bound: the binder seals a new secret under an auth value
+ * derived from the PIN, and the wrap's key mixes that secret in. Runs the
+ * KDF (and the binder), so never call it inside a transaction.
+ */
 static CK_RV kh_wrap_make(struct kh_wrap *w, const uint8_t key[KH_TOKEN_KEY_LEN],
                           const uint8_t token_uid[KH_UID_LEN], enum kh_who who,
-                          const uint8_t *pin, size_t pin_len, const kh_kdf_params *kdf)
+                          const uint8_t *pin, size_t pin_len, const kh_kdf_params *kdf,
+                          const kh_pin_binder *binder)
 {
-    uint8_t kek[32], aad[KH_PIN_AAD_LEN];
+    uint8_t kek[32], aad[KH_PIN_AAD_LEN], auth[32], secret[32];
     CK_RV rv;
 
     memset(w, 0, sizeof *w);
@@ -899,10 +948,23 @@ static CK_RV kh_wrap_make(struct kh_wrap *w, const uint8_t key[KH_TOKEN_KEY_LEN]
     rv = kh_kdf(kek, pin, pin_len, w->salt, KH_SALT_LEN, &w->kdf);
     if (rv != CKR_OK)
         goto out_wipe;
+    if (binder) {
+        rv = kh_bound_auth(auth, kek);
+        if (rv == CKR_OK)
+            rv = binder->seal(secret, &w->tpm, &w->tpm_len, auth);
+        if (rv == CKR_OK)
+            rv = kh_bound_kek(kek, kek, secret);
+        if (rv != CKR_OK)
+            goto out_wipe;
+    }
     kh_pin_aad(aad, token_uid, who);
     rv = kh_seal(&w->blob, &w->blob_len, kek, aad, sizeof aad, key, KH_TOKEN_KEY_LEN);
 out_wipe:
     kh_wipe(kek, sizeof kek);
+    kh_wipe(auth, sizeof auth);
+    kh_wipe(secret, sizeof secret);
+    if (rv != CKR_OK)
+        kh_wrap_clear(w);
     return rv;
 }
 
@@ -965,6 +1027,34 @@ static CK_RV kh_pin_reset_failures(kh_store *st, int64_t token_id, enum kh_who w
 }
 
 /*
+ * The key of a bound wrap, in place of kek (the KDF output on entry): the
+ * binder unseals its secret with the auth value derived from kek. A wrong
+ * auth (counted by the TPM) comes back as CKR_ENCRYPTED_DATA_INVALID, a wrong
+ * PIN like any other; the binder's other errors (CKR_PIN_LOCKED in the TPM's
+ * lockout, CKR_FUNCTION_FAILED for another TPM, CKR_DEVICE_ERROR) pass
+ * through and count nothing.
+ */
+static CK_RV kh_bound_open(kh_store *st, uint8_t kek[32], const uint8_t *blob, size_t blob_len)
+{
+    uint8_t auth[32], secret[32];
+    CK_RV rv;
+    if (!st->binder) {
+        kh_store_debug("token is bound to a TPM, but no TPM binder is available");
+        return CKR_DEVICE_ERROR;
+    }
+    rv = kh_bound_auth(auth, kek);
+    if (rv == CKR_OK)
+        rv = st->binder->unseal(secret, blob, blob_len, auth);
+    if (rv == CKR_PIN_INCORRECT)
+        rv = CKR_ENCRYPTED_DATA_INVALID;
+    if (rv == CKR_OK)
+        rv = kh_bound_kek(kek, kek, secret);
+    kh_wipe(auth, sizeof auth);
+    kh_wipe(secret, sizeof secret);
+    return rv;
+}
+
+/*
  * Check pin against token_id's wrap for who, counting failures. On success
  * key_out holds the token key and *wrap_out (if not NULL) the wrap that was
  * opened (for a later compare-and-swap). The KDF runs with no transaction
@@ -997,11 +1087,13 @@ static CK_RV kh_pin_verify(kh_store *st, uint8_t key_out[KH_TOKEN_KEY_LEN],
             rv = kh_kdf(kek, pin, pin_len, w.salt, KH_SALT_LEN, &w.kdf);
             if (rv == CKR_ARGUMENTS_BAD)
                 rv = CKR_KH_STORE_ERROR; /* KDF params in the row are out of bounds */
+            if (rv == CKR_OK && w.tpm)
+                rv = kh_bound_open(st, kek, w.tpm, w.tpm_len);
             if (rv == CKR_OK) {
                 kh_pin_aad(aad, w.token_uid, who);
                 rv = kh_unseal(&pt, &pt_len, kek, aad, sizeof aad, w.blob, w.blob_len);
-                kh_wipe(kek, sizeof kek);
             }
+            kh_wipe(kek, sizeof kek);
         }
         if (rv == CKR_OK) {
             if (pt_len == KH_TOKEN_KEY_LEN)
@@ -1058,6 +1150,7 @@ static CK_RV kh_wrap_store(kh_store *st, int64_t token_id, enum kh_who who,
     kh_bind_blob(s, 7, w->token_uid, KH_UID_LEN);
     if (old)
         kh_bind_blob(s, 8, old->blob, old->blob_len);
+    kh_bind_blob(s, 9, w->tpm, w->tpm_len);
     int rc = sqlite3_step(s);
     if (rc != SQLITE_DONE)
         rv = kh_store_rv(st, rc, "wrap_store");
@@ -1073,8 +1166,8 @@ static CK_RV kh_wrap_store(kh_store *st, int64_t token_id, enum kh_who who,
  * CKR_USER_NOT_LOGGED_IN when it is not: the token was re-initialised since
  * the caller logged in, so the caller's login is void.
  */
-static CK_RV kh_token_key_check(kh_store *st, uint8_t token_uid[KH_UID_LEN], int64_t token_id,
-                                const uint8_t key[KH_TOKEN_KEY_LEN])
+static CK_RV kh_token_key_check(kh_store *st, uint8_t token_uid[KH_UID_LEN], bool *bound,
+                                int64_t token_id, const uint8_t key[KH_TOKEN_KEY_LEN])
 {
     uint8_t aad[KH_KCV_AAD_LEN];
     uint8_t *kcv = NULL, *pt = NULL;
@@ -1089,6 +1182,7 @@ static CK_RV kh_token_key_check(kh_store *st, uint8_t token_uid[KH_UID_LEN], int
         rv = kh_col_fixed(token_uid, KH_UID_LEN, s, 0);
         if (rv == CKR_OK)
             rv = kh_col_dup(&kcv, &kcv_len, s, 1);
+        *bound = sqlite3_column_int(s, 2) != 0;
     } else {
         rv = rc == SQLITE_DONE ? CKR_SLOT_ID_INVALID : kh_store_rv(st, rc, "key_check");
     }
@@ -1114,16 +1208,20 @@ CK_RV kh_store_init_pin(kh_store *st, int64_t token_id, const uint8_t token_key[
 {
     uint8_t uid[KH_UID_LEN];
     struct kh_wrap w;
+    bool bound = false;
     CK_RV rv;
 
     if (!st || !token_key || (!pin && pin_len))
         return CKR_ARGUMENTS_BAD;
     if (!kh_pin_len_ok(pin_len))
         return CKR_PIN_LEN_RANGE;
-    rv = kh_token_key_check(st, uid, token_id, token_key);
+    rv = kh_token_key_check(st, uid, &bound, token_id, token_key);
     if (rv != CKR_OK)
         return rv;
-    rv = kh_wrap_make(&w, token_key, uid, KH_WHO_USER, pin, pin_len, kdf);
+    if (bound && !st->binder)
+        return CKR_DEVICE_ERROR;
+    /* the user's wrap is bound like the token (its SO wrap) */
+    rv = kh_wrap_make(&w, token_key, uid, KH_WHO_USER, pin, pin_len, kdf, bound ? st->binder : NULL);
     /* The uid guard catches a re-init that lands while the KDF runs. */
     if (rv == CKR_OK)
         rv = kh_wrap_store(st, token_id, KH_WHO_USER, &w, NULL);
@@ -1151,7 +1249,7 @@ CK_RV kh_store_set_pin(kh_store *st, int64_t token_id, CK_USER_TYPE user_type,
         CK_RV rv = kh_pin_verify(st, key, &old, token_id, who, old_pin, old_len);
         if (rv != CKR_OK)
             return rv;
-        rv = kh_wrap_make(&w, key, old.token_uid, who, new_pin, new_len, kdf);
+        rv = kh_wrap_make(&w, key, old.token_uid, who, new_pin, new_len, kdf, old.tpm ? st->binder : NULL);
         kh_wipe(key, sizeof key);
         if (rv == CKR_OK)
             rv = kh_wrap_store(st, token_id, who, &w, &old);
@@ -1205,6 +1303,7 @@ static CK_RV kh_token_reinit(kh_store *st, int64_t id, const char *label, size_t
     kh_wrap_bind(s, 4, w);
     kh_bind_blob(s, 9, old->blob, old->blob_len);
     kh_bind_blob(s, 10, kcv, kcv_len);
+    kh_bind_blob(s, 11, w->tpm, w->tpm_len);
     rc = sqlite3_step(s);
     kh_store_done(s);
     if (rc != SQLITE_DONE) {
@@ -1241,6 +1340,7 @@ static CK_RV kh_token_insert(kh_store *st, int64_t *out_id, int64_t id, const ch
     kh_bind_blob(s, 9, kcv, kcv_len);
     sqlite3_bind_int64(s, 10, (sqlite3_int64)CKV_KH_BACKEND_VAULT);
     sqlite3_bind_int64(s, 11, (sqlite3_int64)time(NULL));
+    kh_bind_blob(s, 12, w->tpm, w->tpm_len);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_DONE)
         *out_id = sqlite3_last_insert_rowid(st->db);
@@ -1289,7 +1389,8 @@ CK_RV kh_store_token_init(kh_store *st, int64_t *out_id, int64_t id,
         if (rv == CKR_OK)
             rv = kh_random(uid, sizeof uid);
         if (rv == CKR_OK)
-            rv = kh_wrap_make(&w, key, uid, KH_WHO_SO, so_pin, so_pin_len, kdf);
+            rv = kh_wrap_make(&w, key, uid, KH_WHO_SO, so_pin, so_pin_len, kdf,
+                              st->bind_new ? st->binder : NULL);
         if (rv == CKR_OK) {
             kh_kcv_aad(aad, uid);
             rv = kh_seal(&kcv, &kcv_len, key, aad, sizeof aad, NULL, 0);

@@ -45,6 +45,7 @@ typedef struct kh_token_rec {
     uint32_t user_fail;              /* failed user logins since the last good one */
     uint32_t so_fail;
     CK_ULONG default_backend;        /* CKV_KH_BACKEND_* */
+    bool tpm_bound;                  /* its PIN wraps are bound to a TPM (kh_pin_binder) */
 } kh_token_rec;
 
 /* Maximum consecutive failed logins before a PIN is locked. */
@@ -84,6 +85,30 @@ void kh_store_abandon(kh_store *st);
 /* Resolve the store directory: KEYHOLD_STORE, else $XDG_DATA_HOME/keyhold,
  * else $HOME/.local/share/keyhold. Out: buf (NUL-terminated). */
 CK_RV kh_store_default_dir(char *buf, size_t buflen);
+/*
+ * Hardware binding of PIN wraps (a TPM). A bound wrap's key is derived from
+ * the PIN's KDF output and a 32-byte secret that only the binder can give
+ * back, and only for the right auth value (itself derived from the PIN), so a
+ * wrong PIN is also counted by the hardware (dictionary-attack lockout) and
+ * the store opens nowhere else.
+ */
+typedef struct kh_pin_binder {
+    /* Seal a new random secret under auth. Out: secret, *blob (malloc'd). */
+    CK_RV (*seal)(uint8_t secret[32], uint8_t **blob, size_t *blob_len, const uint8_t auth[32]);
+    /* Open a sealed secret. CKR_PIN_INCORRECT for a wrong auth (counted as a
+     * wrong PIN), CKR_PIN_LOCKED, CKR_FUNCTION_FAILED (not this hardware's),
+     * CKR_DEVICE_ERROR: passed on, counting nothing. */
+    CK_RV (*unseal)(uint8_t secret[32], const uint8_t *blob, size_t blob_len, const uint8_t auth[32]);
+} kh_pin_binder;
+
+/*
+ * The binder st uses to open bound wraps (binder NULL: bound tokens cannot
+ * log in, CKR_DEVICE_ERROR), and whether tokens initialised through st from
+ * now on are bound (their SO wrap, then the user wrap C_InitPIN makes; a
+ * PIN change keeps the binding). binder must outlive st.
+ */
+void kh_store_set_binder(kh_store *st, const kh_pin_binder *binder, bool bind_new);
+
 /* True when another connection has written since the last call (PRAGMA data_version). */
 bool kh_store_changed(kh_store *st);
 
@@ -180,6 +205,8 @@ CK_RV kh_store_audit(kh_store *st, int64_t token_id, const char *event, const ch
 CK_RV kh_random(uint8_t *buf, size_t len);
 /* Default KDF parameters; KEYHOLD_KDF_LOG2N in the environment may lower N for tests (min 10). */
 void kh_kdf_default(kh_kdf_params *out);
+/* HKDF-SHA-256 (RFC 5869, no salt) of ikm with info. Out: out (out_len bytes). */
+CK_RV kh_hkdf_sha256(uint8_t *out, size_t out_len, const uint8_t *ikm, size_t ikm_len, const char *info);
 /* scrypt(pin, salt) -> 32 bytes. */
 CK_RV kh_kdf(uint8_t out[32], const uint8_t *pin, size_t pin_len,
              const uint8_t *salt, size_t salt_len, const kh_kdf_params *kdf);

@@ -10,9 +10,10 @@ packages=(
     libsodium-dev
     # consumers driven by the integration tests
     opensc gnutls-bin libengine-pkcs11-openssl openssh-client openssl p11-kit
-    # TPM simulator and tools
-    swtpm swtpm-tools tpm2-tools
-    # other PKCS#11 modules keyhold-bench compares against (tpm2_ptool sets up tpm2-pkcs11)
+    # TPM simulator and tools; a resource manager (tpm-rm test) on a private D-Bus bus
+    swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon
+    # other PKCS#11 modules compared against (keyhold-bench, tests/perf/tpm-compare.sh;
+    # tpm2_ptool sets up tpm2-pkcs11)
     softhsm2 libtpm2-pkcs11-1 libtpm2-pkcs11-tools
     # independent verifiers and helpers
     xxd jq ca-certificates

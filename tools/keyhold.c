@@ -10,6 +10,8 @@
 #include "bech32.h"
 #include "encode.h"
 #include "p11.h"
+#include "tpm.h"
+#include "tpmutil.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -73,12 +75,13 @@ static const char kh_usage_main[] =
     "Commands:\n"
     "  init      create a token (sets the SO and user PINs)\n"
     "  keygen    generate a key pair on a token\n"
-    "  import    import a private key (hex, nsec, PEM)\n"
+    "  import    import a private key (hex, nsec, PEM) or a TPM key (tpm2_create)\n"
     "  list      list objects as PKCS#11 URIs (or JSON)\n"
     "  pubkey    print a public key (PEM, hex, x-only, npub, Ethereum, OpenSSH)\n"
     "  delete    delete a key pair\n"
     "  remote add  register a key held by a remote signer\n"
     "  doctor    check the installation and explain what does not work\n"
+    "  tpm setup persist the TPM primary key keyhold creates TPM keys under\n"
     "\n"
     "Global options (also accepted after COMMAND):\n"
     "  --module PATH   the keyhold module (default: $KEYHOLD_MODULE, the build\n"
@@ -86,7 +89,8 @@ static const char kh_usage_main[] =
     "  -h, --help      show help; 'keyhold COMMAND --help' for a command\n"
     "\n"
     "Environment: KEYHOLD_MODULE, KEYHOLD_PIN, KEYHOLD_SO_PIN; the module reads\n"
-    "KEYHOLD_STORE and KEYHOLD_CONF itself.\n";
+    "KEYHOLD_STORE, KEYHOLD_CONF and KEYHOLD_TCTI itself (tpm setup and doctor\n"
+    "read KEYHOLD_CONF and KEYHOLD_TCTI too).\n";
 
 static const char kh_usage_init[] =
     "Usage: keyhold init --label LABEL [--so-pin-file FILE] [--pin-file FILE]\n"
@@ -97,21 +101,30 @@ static const char kh_usage_init[] =
 
 static const char kh_usage_keygen[] =
     "Usage: keyhold keygen --token TOKEN --type TYPE --label LABEL [--id HEX]\n"
-    "                      [--backend vault|tpm|remote] [--pin-file FILE]\n"
+    "                      [--backend vault|tpm|remote] [--pcr SEL] [--pin-file FILE]\n"
     "\n"
     "Generate a key pair. TYPE: secp256k1, p256, p384, ed25519, rsa2048,\n"
     "rsa3072, rsa4096. Without --id a random 16-byte CKA_ID is used; without\n"
     "--backend the token's default backend. Prints the private key's URI.\n"
+    "--pcr SEL (TPM keys): the key signs only while the PCRs in SEL\n"
+    "(\"sha256:7\", \"sha256:0,7\") hold their values of now.\n"
     "The user PIN comes from --pin-file, $KEYHOLD_PIN or the terminal.\n";
 
 static const char kh_usage_import[] =
     "Usage: keyhold import --token TOKEN --label LABEL [--id HEX] [--pin-file FILE]\n"
     "                      (--hex | --nsec | --pem) FILE\n"
+    "       keyhold import --token TOKEN --label LABEL [--id HEX] [--pin-file FILE]\n"
+    "                      --tpm-pub FILE --tpm-priv FILE [--tpm-auth-file FILE]\n"
+    "                      [--tpm-parent HANDLE]\n"
     "\n"
     "Import a private key from FILE ('-' = stdin):\n"
     "  --hex   a 32-byte secp256k1 secret in hex (optional 0x)\n"
     "  --nsec  a NIP-19 nsec (secp256k1)\n"
     "  --pem   a PEM private key: EC P-256/P-384/secp256k1, Ed25519 or RSA\n"
+    "or adopt a key that lives in the TPM, as `tpm2_create -u PUB -r PRIV`\n"
+    "wrote it: its auth value is empty or the first line of --tpm-auth-file;\n"
+    "its parent is the persistent key at --tpm-parent (default: the\n"
+    "configured primary, 0x81000001).\n"
     "Without --id, CKA_ID is the first 16 bytes of SHA-256 of the public key.\n"
     "Prints the private key's URI.\n";
 
@@ -154,6 +167,15 @@ static const char kh_usage_remote_add[] =
     "remote id; without --token the only initialised token; without --id,\n"
     "CKA_ID is the first 16 bytes of SHA-256 of the public key. Prints the\n"
     "private key's URI.\n";
+static const char kh_usage_tpm_setup[] =
+    "Usage: keyhold tpm setup [--handle HANDLE] [--owner-auth-file FILE]\n"
+    "\n"
+    "Create the TPM primary key from the TCG SRK template (ECC P-256; the same\n"
+    "key after every reboot) and persist it at HANDLE (default: tpm_primary\n"
+    "of KEYHOLD_CONF, else 0x81000001), where the module looks for it. The\n"
+    "owner hierarchy's auth value, if it has one, is the first line of FILE\n"
+    "('-' = stdin) or asked on the terminal. Nothing changes when HANDLE\n"
+    "already holds that key; another key there is left alone (exit 1).\n";
 
 static const char kh_usage_doctor[] =
     "Usage: keyhold doctor\n"
@@ -180,6 +202,13 @@ enum {
     KH_OPT_URL,
     KH_OPT_KEY,
     KH_OPT_DRIVER,
+    KH_OPT_PCR,
+    KH_OPT_TPM_PUB,
+    KH_OPT_TPM_PRIV,
+    KH_OPT_TPM_AUTH_FILE,
+    KH_OPT_TPM_PARENT,
+    KH_OPT_HANDLE,
+    KH_OPT_OWNER_AUTH_FILE,
 };
 
 /* Everything any command may be given; each command says which it takes. */
@@ -196,9 +225,15 @@ struct kh_opts {
     const char *url;
     const char *key;
     const char *driver;
-    int import_kind;      /* KH_OPT_HEX, KH_OPT_NSEC, KH_OPT_PEM or 0 */
+    int import_kind;      /* KH_OPT_HEX, KH_OPT_NSEC, KH_OPT_PEM, KH_OPT_TPM_PUB or 0 */
     const char *import_file;
     bool json;
+    const char *pcr;
+    const char *tpm_priv;
+    const char *tpm_auth_file;
+    const char *tpm_parent;
+    const char *handle;
+    const char *owner_auth_file;
 };
 
 static const struct option kh_all_options[] = {
@@ -219,6 +254,13 @@ static const struct option kh_all_options[] = {
     { "url", required_argument, NULL, KH_OPT_URL },
     { "key", required_argument, NULL, KH_OPT_KEY },
     { "driver", required_argument, NULL, KH_OPT_DRIVER },
+    { "pcr", required_argument, NULL, KH_OPT_PCR },
+    { "tpm-pub", required_argument, NULL, KH_OPT_TPM_PUB },
+    { "tpm-priv", required_argument, NULL, KH_OPT_TPM_PRIV },
+    { "tpm-auth-file", required_argument, NULL, KH_OPT_TPM_AUTH_FILE },
+    { "tpm-parent", required_argument, NULL, KH_OPT_TPM_PARENT },
+    { "handle", required_argument, NULL, KH_OPT_HANDLE },
+    { "owner-auth-file", required_argument, NULL, KH_OPT_OWNER_AUTH_FILE },
     { NULL, 0, NULL, 0 },
 };
 
@@ -286,11 +328,18 @@ static int kh_parse(const struct kh_command *cmd, int argc, char **argv, struct 
         case KH_OPT_URL: o->url = optarg; break;
         case KH_OPT_KEY: o->key = optarg; break;
         case KH_OPT_DRIVER: o->driver = optarg; break;
+        case KH_OPT_PCR: o->pcr = optarg; break;
+        case KH_OPT_TPM_PRIV: o->tpm_priv = optarg; break;
+        case KH_OPT_TPM_AUTH_FILE: o->tpm_auth_file = optarg; break;
+        case KH_OPT_TPM_PARENT: o->tpm_parent = optarg; break;
+        case KH_OPT_HANDLE: o->handle = optarg; break;
+        case KH_OPT_OWNER_AUTH_FILE: o->owner_auth_file = optarg; break;
         case KH_OPT_HEX:
         case KH_OPT_NSEC:
         case KH_OPT_PEM:
+        case KH_OPT_TPM_PUB:
             if (o->import_kind) {
-                kh_err("%s: give only one of --hex, --nsec, --pem", cmd->name);
+                kh_err("%s: give only one of --hex, --nsec, --pem, --tpm-pub", cmd->name);
                 goto usage;
             }
             o->import_kind = c;
@@ -310,7 +359,7 @@ static int kh_parse(const struct kh_command *cmd, int argc, char **argv, struct 
                     (*r == KH_OPT_HEX && o->import_kind) || (*r == KH_OPT_KEY && o->key);
         if (!have) {
             if (*r == KH_OPT_HEX)
-                kh_err("%s: one of --hex, --nsec, --pem is required", cmd->name);
+                kh_err("%s: one of --hex, --nsec, --pem, --tpm-pub is required", cmd->name);
             else
                 kh_err("%s: --%s is required", cmd->name, kh_opt_name(*r));
             goto usage;
@@ -622,7 +671,7 @@ static int kh_cmd_keygen(const struct kh_opts *o)
     static CK_BBOOL yes = CK_TRUE;
     static CK_BYTE f4[] = { 0x01, 0x00, 0x01 };
     CK_OBJECT_CLASS pub_cls = CKO_PUBLIC_KEY, priv_cls = CKO_PRIVATE_KEY;
-    CK_ATTRIBUTE pub_t[8], priv_t[10];
+    CK_ATTRIBUTE pub_t[8], priv_t[12];
     CK_ULONG npub = 0, npriv = 0, bits = 0, backend = 0;
     CK_MECHANISM mech = { 0, NULL, 0 };
     CK_OBJECT_HANDLE hpub, hpriv;
@@ -655,6 +704,10 @@ static int kh_cmd_keygen(const struct kh_opts *o)
     }
     if (o->label[0] == '\0') {
         kh_err("the label must not be empty");
+        return KH_EXIT_USAGE;
+    }
+    if (o->pcr && (!o->backend || backend != CKV_KH_BACKEND_TPM)) {
+        kh_err("--pcr makes a TPM key: it needs --backend tpm");
         return KH_EXIT_USAGE;
     }
 
@@ -690,6 +743,8 @@ static int kh_cmd_keygen(const struct kh_opts *o)
     kh_attr_add(priv_t, &npriv, CKA_ID, id, id_len);
     if (o->backend)
         kh_attr_add(priv_t, &npriv, CKA_KH_BACKEND, &backend, sizeof backend);
+    if (o->pcr)
+        kh_attr_add(priv_t, &npriv, CKA_KH_TPM_PCR_POLICY, o->pcr, strlen(o->pcr));
     if (kind == KH_KEY_RSA) {
         mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
         kh_attr_add(pub_t, &npub, CKA_MODULUS_BITS, &bits, sizeof bits);
@@ -703,8 +758,11 @@ static int kh_cmd_keygen(const struct kh_opts *o)
     rv = c.p.f->C_GenerateKeyPair(c.s, &mech, pub_t, npub, priv_t, npriv, &hpub, &hpriv);
     if (rv != CKR_OK) {
         ret = kh_err_rv("C_GenerateKeyPair", rv);
-        if (o->backend && (rv == CKR_FUNCTION_NOT_SUPPORTED || rv == CKR_ATTRIBUTE_VALUE_INVALID ||
-                           rv == CKR_TEMPLATE_INCONSISTENT))
+        if (o->pcr && rv == CKR_ATTRIBUTE_VALUE_INVALID)
+            kh_err("--pcr: expected a PCR selection such as sha256:7 or sha256:0,7");
+        else if (o->backend && (rv == CKR_FUNCTION_NOT_SUPPORTED || rv == CKR_ATTRIBUTE_VALUE_INVALID ||
+                                rv == CKR_TEMPLATE_INCONSISTENT || rv == CKR_CURVE_NOT_SUPPORTED ||
+                                rv == CKR_DEVICE_ERROR))
             kh_err("the %s backend may not be available for %s keys here (see 'keyhold doctor')",
                    o->backend, o->type);
         goto out;
@@ -857,6 +915,167 @@ static uint8_t *kh_der_octets(const uint8_t *in, size_t len, size_t *outlen)
     return out;
 }
 
+/*
+ * Adopts a TPM key made by `tpm2_create -u PUB -r PRIV`: the private key
+ * object from CKA_KH_TPM_PUBLIC/PRIVATE (+ AUTH, PARENT), the public key
+ * object from what the module reports for it.
+ */
+static int kh_cmd_import_tpm(const struct kh_opts *o)
+{
+    static CK_BBOOL yes = CK_TRUE;
+    CK_OBJECT_CLASS priv_cls = CKO_PRIVATE_KEY, pub_cls = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE ktype;
+    CK_ATTRIBUTE priv_t[14], pub_t[10];
+    CK_ULONG npriv = 0, npub = 0, parent = 0;
+    CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE, hpub;
+    struct kh_p11_key desc = { 0 };
+    struct kh_pubkey back = { 0 };
+    struct kh_ctx c;
+    uint8_t id[KH_ID_MAX];
+    size_t id_len = 0, pub_len = 0, priv_len = 0, auth_len = 0, point_der_len = 0;
+    char *pubf = NULL, *privf = NULL, *auth = NULL;
+    uint8_t *point_der = NULL;
+    const uint8_t *params = NULL;
+    size_t params_len = 0;
+    int ret;
+    CK_RV rv;
+
+    memset(&c, 0, sizeof c);
+    if (!o->tpm_priv) {
+        kh_err("--tpm-pub needs --tpm-priv");
+        return KH_EXIT_USAGE;
+    }
+    if (o->id && !kh_parse_id(id, &id_len, o->id)) {
+        kh_err("--id must be 1 to %d bytes of hex", KH_ID_MAX);
+        return KH_EXIT_USAGE;
+    }
+    if (o->label[0] == '\0') {
+        kh_err("the label must not be empty");
+        return KH_EXIT_USAGE;
+    }
+    if (o->tpm_parent) {
+        uint32_t h;
+        if (!kh_tpm_parse_persistent(&h, o->tpm_parent)) {
+            kh_err("--tpm-parent must be a persistent handle (0x81000000 to 0x81ffffff)");
+            return KH_EXIT_USAGE;
+        }
+        parent = h;
+    }
+    ret = kh_read_secret_file(o->import_file, &pubf, &pub_len);
+    if (ret == KH_EXIT_OK)
+        ret = kh_read_secret_file(o->tpm_priv, &privf, &priv_len);
+    if (ret == KH_EXIT_OK && o->tpm_auth_file) {
+        ret = kh_read_secret_file(o->tpm_auth_file, &auth, &auth_len);
+        if (ret == KH_EXIT_OK)
+            auth_len = strcspn(auth, "\r\n"); /* the first line */
+    }
+    if (ret != KH_EXIT_OK)
+        goto out;
+    if (!kh_tpm_pub_keytype((const uint8_t *)pubf, pub_len, &ktype)) {
+        kh_err("%s is not a TPM2B_PUBLIC of an ECC or RSA key (tpm2_create -u)", o->import_file);
+        ret = KH_EXIT_FAIL;
+        goto out;
+    }
+
+    ret = kh_ctx_open(&c, o->module, o->token, true);
+    if (ret != KH_EXIT_OK)
+        goto out;
+    ret = kh_ctx_login(&c, o->pin_file, KH_PIN_PROMPT);
+    if (ret != KH_EXIT_OK)
+        goto out;
+    ret = kh_check_label_free(&c, o->label);
+    if (ret != KH_EXIT_OK)
+        goto out;
+    ret = KH_EXIT_FAIL;
+
+    kh_attr_add(priv_t, &npriv, CKA_CLASS, &priv_cls, sizeof priv_cls);
+    kh_attr_add(priv_t, &npriv, CKA_KEY_TYPE, &ktype, sizeof ktype);
+    kh_attr_add(priv_t, &npriv, CKA_TOKEN, &yes, sizeof yes);
+    kh_attr_add(priv_t, &npriv, CKA_PRIVATE, &yes, sizeof yes);
+    kh_attr_add(priv_t, &npriv, CKA_SENSITIVE, &yes, sizeof yes);
+    kh_attr_add(priv_t, &npriv, CKA_SIGN, &yes, sizeof yes);
+    kh_attr_add(priv_t, &npriv, CKA_LABEL, o->label, strlen(o->label));
+    if (id_len)
+        kh_attr_add(priv_t, &npriv, CKA_ID, id, id_len);
+    kh_attr_add(priv_t, &npriv, CKA_KH_TPM_PUBLIC, pubf, pub_len);
+    kh_attr_add(priv_t, &npriv, CKA_KH_TPM_PRIVATE, privf, priv_len);
+    if (auth)
+        kh_attr_add(priv_t, &npriv, CKA_KH_TPM_AUTH, auth, auth_len);
+    if (parent)
+        kh_attr_add(priv_t, &npriv, CKA_KH_TPM_PARENT, &parent, sizeof parent);
+    rv = c.p.f->C_CreateObject(c.s, priv_t, npriv, &hpriv);
+    if (rv != CKR_OK) {
+        kh_err_rv("C_CreateObject (TPM private key)", rv);
+        if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
+            kh_err("the TPM did not accept the key: wrong --tpm-auth-file, another parent (--tpm-parent),"
+                   " or not a signing key (KEYHOLD_LOG=info tells more)");
+        goto out;
+    }
+    rv = kh_p11_describe(&c.p, c.s, hpriv, &desc);
+    if (rv == CKR_OK)
+        rv = kh_p11_read_pubkey(&c.p, c.s, hpriv, desc.kind, &back);
+    if (rv != CKR_OK) {
+        kh_err_rv("reading the public key of the new private key", rv);
+        goto out_destroy;
+    }
+    if (id_len == 0) {
+        CK_ATTRIBUTE a = { CKA_ID, id, KH_DEFAULT_ID_LEN };
+        kh_pubkey_default_id(id, &back);
+        id_len = KH_DEFAULT_ID_LEN;
+        rv = c.p.f->C_SetAttributeValue(c.s, hpriv, &a, 1);
+        if (rv != CKR_OK) {
+            kh_err_rv("C_SetAttributeValue (CKA_ID)", rv);
+            goto out_destroy;
+        }
+    }
+    kh_attr_add(pub_t, &npub, CKA_CLASS, &pub_cls, sizeof pub_cls);
+    kh_attr_add(pub_t, &npub, CKA_KEY_TYPE, &ktype, sizeof ktype);
+    kh_attr_add(pub_t, &npub, CKA_TOKEN, &yes, sizeof yes);
+    kh_attr_add(pub_t, &npub, CKA_VERIFY, &yes, sizeof yes);
+    kh_attr_add(pub_t, &npub, CKA_LABEL, o->label, strlen(o->label));
+    kh_attr_add(pub_t, &npub, CKA_ID, id, id_len);
+    if (ktype == CKK_RSA) {
+        kh_attr_add(pub_t, &npub, CKA_MODULUS, back.n, back.n_len);
+        kh_attr_add(pub_t, &npub, CKA_PUBLIC_EXPONENT, back.e, back.e_len);
+    } else {
+        point_der = kh_der_octets(back.point, back.point_len, &point_der_len);
+        if (!point_der || !kh_keykind_ec_params(desc.kind, &params, &params_len)) {
+            kh_err("the module reports an EC key of an unknown curve");
+            goto out_destroy;
+        }
+        kh_attr_add(pub_t, &npub, CKA_EC_PARAMS, params, params_len);
+        kh_attr_add(pub_t, &npub, CKA_EC_POINT, point_der, point_der_len);
+    }
+    rv = c.p.f->C_CreateObject(c.s, pub_t, npub, &hpub);
+    if (rv != CKR_OK) {
+        kh_err_rv("C_CreateObject (public key)", rv);
+        goto out_destroy;
+    }
+    ret = kh_print_uri(&c, o->label, id, id_len, CKO_PRIVATE_KEY);
+    goto out;
+
+out_destroy:
+    rv = c.p.f->C_DestroyObject(c.s, hpriv);
+    if (rv != CKR_OK)
+        kh_err_rv("C_DestroyObject (removing the half-imported private key)", rv);
+out:
+    free(point_der);
+    kh_pubkey_clear(&back);
+    kh_p11_key_clear(&desc);
+    if (auth) {
+        kh_wipe(auth, KH_IMPORT_MAX + 1);
+        free(auth);
+    }
+    if (privf) {
+        kh_wipe(privf, KH_IMPORT_MAX + 1);
+        free(privf);
+    }
+    free(pubf);
+    kh_wipe(priv_t, sizeof priv_t);
+    kh_ctx_close(&c);
+    return ret;
+}
+
 static int kh_cmd_import(const struct kh_opts *o)
 {
     static CK_BBOOL yes = CK_TRUE;
@@ -879,6 +1098,12 @@ static int kh_cmd_import(const struct kh_opts *o)
 
     memset(&key, 0, sizeof key);
     memset(&c, 0, sizeof c);
+    if (o->import_kind == KH_OPT_TPM_PUB)
+        return kh_cmd_import_tpm(o);
+    if (o->tpm_priv || o->tpm_auth_file || o->tpm_parent) {
+        kh_err("--tpm-priv, --tpm-auth-file and --tpm-parent go with --tpm-pub");
+        return KH_EXIT_USAGE;
+    }
     if (o->id && !kh_parse_id(id, &id_len, o->id)) {
         kh_err("--id must be 1 to %d bytes of hex", KH_ID_MAX);
         return KH_EXIT_USAGE;
@@ -1541,6 +1766,56 @@ out:
     return ret;
 }
 
+/* ---- tpm setup --------------------------------------------------------- */
+
+static int kh_cmd_tpm_setup(const struct kh_opts *o)
+{
+    struct kh_tpm_conf conf;
+    char err[512], msg[512];
+    char *auth = NULL;
+    bool set = false, already = false;
+    uint32_t handle;
+    int ret;
+
+    if (!kh_tpm_conf_read(&conf, err, sizeof err)) {
+        kh_err("%s", err);
+        return KH_EXIT_FAIL;
+    }
+    handle = conf.primary;
+    if (o->handle && !kh_tpm_parse_persistent(&handle, o->handle)) {
+        kh_err("--handle must be a persistent handle (0x81000000 to 0x81ffffff)");
+        return KH_EXIT_USAGE;
+    }
+    if (!kh_tpm_owner_auth_set(&conf, &set, err, sizeof err)) {
+        kh_err("TPM at '%s' (%s): %s", conf.tcti, conf.tcti_from, err);
+        return KH_EXIT_FAIL;
+    }
+    if (o->owner_auth_file) {
+        size_t len = 0;
+        ret = kh_read_secret_file(o->owner_auth_file, &auth, &len);
+        if (ret != KH_EXIT_OK)
+            return ret;
+        auth[strcspn(auth, "\r\n")] = '\0';
+    } else if (set) {
+        int r = kh_pin_get(&auth, NULL, NULL, "TPM owner hierarchy auth value: ", KH_PIN_PROMPT, err, sizeof err);
+        if (r != 0) {
+            kh_err("the owner hierarchy has an auth value: give it with --owner-auth-file%s%s",
+                   r < 0 ? ": " : "", r < 0 ? err : "");
+            return KH_EXIT_FAIL;
+        }
+    }
+    ret = kh_tpm_setup(&conf, handle, auth, &already, msg, sizeof msg) == 0 ? KH_EXIT_OK : KH_EXIT_FAIL;
+    if (auth) {
+        kh_wipe(auth, strlen(auth));
+        free(auth);
+    }
+    if (ret == KH_EXIT_OK)
+        printf("%s (TPM at %s)\n", msg, conf.tcti);
+    else
+        kh_err("%s", msg);
+    return ret;
+}
+
 /* ---- doctor ------------------------------------------------------------ */
 
 enum kh_check { KH_CHECK_OK, KH_CHECK_WARN, KH_CHECK_FAIL };
@@ -1722,6 +1997,47 @@ static void kh_doctor_tokens(struct kh_p11 *p)
     free(toks);
 }
 
+static void kh_doctor_tpm(void)
+{
+    struct kh_tpm_conf conf;
+    struct kh_tpm_probe pr;
+    char err[512];
+
+    if (!kh_tpm_conf_read(&conf, err, sizeof err)) {
+        kh_check(KH_CHECK_FAIL, "TPM", "%s", err);
+        return;
+    }
+    bool wanted = strcmp(conf.tcti_from, "default") != 0 || conf.default_tpm;
+    kh_tpm_probe(&conf, &pr);
+    if (!pr.reachable) {
+        kh_check(wanted ? KH_CHECK_FAIL : KH_CHECK_WARN, "TPM",
+                 "'%s' (%s) is not reachable: %s%s", conf.tcti, conf.tcti_from, pr.error,
+                 wanted ? "" : "; tpm keys and TPM-sealed tokens are unavailable (set tcti or KEYHOLD_TCTI)");
+        return;
+    }
+    kh_check(KH_CHECK_OK, "TPM", "'%s' (%s) answers: manufacturer %s, %u transient slots free", conf.tcti,
+             conf.tcti_from, pr.manufacturer, pr.transient_avail);
+    if (pr.in_lockout)
+        kh_check(KH_CHECK_FAIL, "TPM lockout", "the TPM is in dictionary-attack lockout (%u of %u failures): "
+                 "PINs of TPM-sealed tokens and DA-protected keys are refused until it recovers",
+                 pr.lockout_counter, pr.max_auth_fail);
+    else if (pr.lockout_counter > 0)
+        kh_check(KH_CHECK_WARN, "TPM lockout", "%u of %u authorization failures counted", pr.lockout_counter,
+                 pr.max_auth_fail);
+    if (pr.primary_present && pr.primary_storage)
+        kh_check(KH_CHECK_OK, "TPM primary", "0x%08x holds %s: new TPM keys go under it", (unsigned)conf.primary,
+                 pr.primary_is_srk ? "the SRK-template key" : "a storage key");
+    else if (pr.primary_present)
+        kh_check(KH_CHECK_WARN, "TPM primary", "0x%08x holds a key that is not a storage key: ignored; TPM keys "
+                 "go under the SRK-template primary made on demand", (unsigned)conf.primary);
+    else if (pr.owner_auth_set)
+        kh_check(KH_CHECK_FAIL, "TPM primary", "nothing at 0x%08x and the owner hierarchy has an auth value: "
+                 "run 'keyhold tpm setup'", (unsigned)conf.primary);
+    else
+        kh_check(KH_CHECK_WARN, "TPM primary", "nothing at 0x%08x: TPM keys go under the SRK-template primary, "
+                 "made on demand; 'keyhold tpm setup' persists it", (unsigned)conf.primary);
+}
+
 static int kh_cmd_doctor(const struct kh_opts *o)
 {
     struct kh_p11 p;
@@ -1762,9 +2078,8 @@ static int kh_cmd_doctor(const struct kh_opts *o)
     }
     kh_doctor_store();
     kh_doctor_tokens(&p);
-    kh_check(KH_CHECK_WARN, "TPM", "not configured: token keys are not sealed to a TPM "
-             "and tpm keys are unavailable (the TPM backend comes later)");
     kh_p11_close(&p);
+    kh_doctor_tpm();
     return kh_doctor_worst == KH_CHECK_FAIL ? KH_EXIT_FAIL : KH_EXIT_OK;
 }
 
@@ -1773,11 +2088,12 @@ static int kh_cmd_doctor(const struct kh_opts *o)
 static const int kh_init_allowed[] = { KH_OPT_LABEL, KH_OPT_SO_PIN_FILE, KH_OPT_PIN_FILE, 0 };
 static const int kh_init_required[] = { KH_OPT_LABEL, 0 };
 static const int kh_keygen_allowed[] = {
-    KH_OPT_TOKEN, KH_OPT_TYPE, KH_OPT_LABEL, KH_OPT_ID, KH_OPT_BACKEND, KH_OPT_PIN_FILE, 0
+    KH_OPT_TOKEN, KH_OPT_TYPE, KH_OPT_LABEL, KH_OPT_ID, KH_OPT_BACKEND, KH_OPT_PIN_FILE, KH_OPT_PCR, 0
 };
 static const int kh_keygen_required[] = { KH_OPT_TOKEN, KH_OPT_TYPE, KH_OPT_LABEL, 0 };
 static const int kh_import_allowed[] = {
-    KH_OPT_TOKEN, KH_OPT_LABEL, KH_OPT_ID, KH_OPT_PIN_FILE, KH_OPT_HEX, KH_OPT_NSEC, KH_OPT_PEM, 0
+    KH_OPT_TOKEN, KH_OPT_LABEL, KH_OPT_ID, KH_OPT_PIN_FILE, KH_OPT_HEX, KH_OPT_NSEC, KH_OPT_PEM,
+    KH_OPT_TPM_PUB, KH_OPT_TPM_PRIV, KH_OPT_TPM_AUTH_FILE, KH_OPT_TPM_PARENT, 0
 };
 static const int kh_import_required[] = { KH_OPT_TOKEN, KH_OPT_LABEL, KH_OPT_HEX, 0 };
 static const int kh_list_allowed[] = { KH_OPT_TOKEN, KH_OPT_JSON, KH_OPT_PIN_FILE, 0 };
@@ -1789,6 +2105,7 @@ static const int kh_remote_add_allowed[] = {
     KH_OPT_URL, KH_OPT_KEY, KH_OPT_DRIVER, KH_OPT_LABEL, KH_OPT_TOKEN, KH_OPT_ID, KH_OPT_PIN_FILE, 0
 };
 static const int kh_remote_add_required[] = { KH_OPT_KEY, 0 };
+static const int kh_tpm_setup_allowed[] = { KH_OPT_HANDLE, KH_OPT_OWNER_AUTH_FILE, 0 };
 
 static const struct kh_command kh_commands[] = {
     { "init", kh_cmd_init, kh_usage_init, kh_init_allowed, kh_init_required },
@@ -1800,6 +2117,7 @@ static const struct kh_command kh_commands[] = {
     { "doctor", kh_cmd_doctor, kh_usage_doctor, NULL, NULL },
     { "remote add", kh_cmd_remote_add, kh_usage_remote_add, kh_remote_add_allowed,
       kh_remote_add_required },
+    { "tpm setup", kh_cmd_tpm_setup, kh_usage_tpm_setup, kh_tpm_setup_allowed, NULL },
 };
 
 static const struct kh_command *kh_find_command(const char *name)
@@ -1840,7 +2158,7 @@ int main(int argc, char **argv)
         return KH_EXIT_USAGE;
     }
     if (strcmp(argv[i], "help") == 0) {
-        if (i + 1 < argc && (cmd = kh_find_command(argv[i + 1])) != NULL) {
+        if (i + 1 < argc && (cmd = kh_find_command(strcmp(argv[i + 1], "tpm") ? argv[i + 1] : "tpm setup"))) {
             fputs(cmd->usage, stdout);
             return KH_EXIT_OK;
         }
@@ -1856,6 +2174,15 @@ int main(int argc, char **argv)
         }
         i++;
         cmd = kh_find_command("remote add");
+    } else if (strcmp(argv[i], "tpm") == 0) {
+        /* two words: "tpm setup" */
+        if (i + 1 >= argc || strcmp(argv[i + 1], "setup") != 0) {
+            kh_err("tpm: expected 'keyhold tpm setup'");
+            fputs(kh_usage_tpm_setup, stderr);
+            return KH_EXIT_USAGE;
+        }
+        i++;
+        cmd = kh_find_command("tpm setup");
     } else {
         cmd = kh_find_command(argv[i]);
     }

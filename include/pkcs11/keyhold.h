@@ -35,6 +35,26 @@ extern "C" {
 /* UTF-8 reference of a remote key. */
 #define CKA_KH_REMOTE_REF (CKA_VENDOR_DEFINED | KH_VENDOR_BASE | 0x02UL)
 
+/* Attributes of the tpm backend (private keys) */
+
+/* Byte array: the key's TPM2B_PUBLIC in TPM wire format, as `tpm2_create -u`
+ * writes it. With CKA_KH_TPM_PRIVATE in a C_CreateObject template it adopts
+ * an existing TPM key; readable afterwards. */
+#define CKA_KH_TPM_PUBLIC (CKA_VENDOR_DEFINED | KH_VENDOR_BASE | 0x10UL)
+/* Byte array: the key's TPM2B_PRIVATE, as `tpm2_create -r` writes it.
+ * C_CreateObject only; sealed under the token key, never returned. */
+#define CKA_KH_TPM_PRIVATE (CKA_VENDOR_DEFINED | KH_VENDOR_BASE | 0x11UL)
+/* Byte array: the adopted key's auth value (default: empty). C_CreateObject
+ * only; sealed under the token key, never returned. */
+#define CKA_KH_TPM_AUTH (CKA_VENDOR_DEFINED | KH_VENDOR_BASE | 0x12UL)
+/* CK_ULONG: persistent handle of the storage key the adopted key was created
+ * under (default: the configured primary, 0x81000001). */
+#define CKA_KH_TPM_PARENT (CKA_VENDOR_DEFINED | KH_VENDOR_BASE | 0x13UL)
+/* UTF-8: PCR selection ("sha256:7", "sha256:0,7", "sha1:7+sha256:7"); the key
+ * generated with it signs only while those PCRs hold their values of that
+ * moment. C_GenerateKeyPair (private key template); readable afterwards. */
+#define CKA_KH_TPM_PCR_POLICY (CKA_VENDOR_DEFINED | KH_VENDOR_BASE | 0x14UL)
+
 /* Values of CKA_KH_BACKEND */
 
 /* The private key is held in keyhold's encrypted vault. */

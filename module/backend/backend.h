@@ -12,6 +12,7 @@
 
 struct kh_token;
 struct kh_key;
+struct kh_mech;
 
 typedef struct kh_backend_ops {
     CK_ULONG id;                /* CKV_KH_BACKEND_* */
@@ -45,22 +46,86 @@ typedef struct kh_backend_ops {
      */
     CK_RV (*attach)(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob, size_t *blob_len,
                     const char *ref, size_t ref_len);
-    /* Optional: C_Finalize, release everything the backend holds. */
-    void (*shutdown)(void);
-    /* Optional: first thing in a forked child: drop the parent's connections
-     * and locks without using them. */
+
+    /* ---- life cycle (each optional) ---- */
+
+    /* C_Initialize: make mutexes (kh_mutex_new); no I/O, no threads. */
+    CK_RV (*init)(void);
+    /* C_Finalize: release everything the backend holds (the tpm backend
+     * flushes every TPM object this process loaded and disconnects). */
+    void (*finalize)(void);
+    /* In a forked child, before any other call: forget the parent's state
+     * without touching it (nothing is sent, flushed or closed) and make
+     * fresh mutexes; the child starts afresh on first use. */
     void (*forked)(void);
+
+    /* ---- optional members ---- */
+
+    /*
+     * generate with the private key's C_GenerateKeyPair template at hand,
+     * for the backend's own vendor attributes (tpm: CKA_KH_TPM_PCR_POLICY).
+     * When set, C_GenerateKeyPair calls it instead of generate. Vendor
+     * attributes it does not accept: CKR_TEMPLATE_INCONSISTENT.
+     */
+    CK_RV (*generate_tmpl)(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob, size_t *blob_len,
+                           kh_alg alg, unsigned rsa_bits, const CK_ATTRIBUTE *priv_tmpl, CK_ULONG n);
+    /*
+     * Adopt a private key that already lives in the backend, described by
+     * the backend's vendor attributes of a C_CreateObject template (tpm:
+     * CKA_KH_TPM_PUBLIC + CKA_KH_TPM_PRIVATE, optional CKA_KH_TPM_AUTH and
+     * CKA_KH_TPM_PARENT). Out: pub (its algorithm decides CKA_KEY_TYPE and
+     * CKA_EC_PARAMS), *blob and blob_len as for generate.
+     * CKR_TEMPLATE_INCOMPLETE without the describing attributes,
+     * CKR_ATTRIBUTE_VALUE_INVALID when they do not describe a usable key.
+     */
+    CK_RV (*adopt)(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob, size_t *blob_len,
+                   const CK_ATTRIBUTE *tmpl, CK_ULONG n);
+    /*
+     * C_SignInit: can this backend sign with mechanism m (and its checked
+     * parameters) on key? CKR_OK, CKR_MECHANISM_INVALID or
+     * CKR_MECHANISM_PARAM_INVALID. NULL: whatever the mechanism table allows.
+     */
+    CK_RV (*sign_check)(struct kh_token *tok, const struct kh_key *key, const struct kh_mech *m,
+                        const kh_sigparams *params);
+    /*
+     * C_GetMechanismInfo on a token whose default backend is this one:
+     * narrow info (filled from the mechanism table) to what the backend can
+     * do (key sizes; CKF_SIGN cleared when it cannot sign with type).
+     * Returns CKR_OK (info unchanged when the backend cannot tell).
+     */
+    CK_RV (*mech_info)(struct kh_token *tok, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info);
+
+    /* ---- token services of a hardware backend (tpm) ---- */
+
+    /* Fill buf with len bytes from the hardware RNG. CKR_DEVICE_ERROR when unreachable. */
+    CK_RV (*random)(uint8_t *buf, size_t len);
+    /*
+     * Seal a new random 32-byte secret to the hardware under auth (derived
+     * from a PIN). Out: secret, *blob (malloc'd; free()) that pin_unseal
+     * opens. The hardware counts wrong auth values (dictionary-attack
+     * lockout).
+     */
+    CK_RV (*pin_seal)(uint8_t secret[32], uint8_t **blob, size_t *blob_len, const uint8_t auth[32]);
+    /*
+     * Open a pin_seal blob. Out: secret. CKR_PIN_INCORRECT (wrong auth,
+     * counted by the hardware), CKR_PIN_LOCKED (lockout), CKR_FUNCTION_FAILED
+     * (the blob belongs to another TPM), CKR_DEVICE_ERROR (unreachable).
+     */
+    CK_RV (*pin_unseal)(uint8_t secret[32], const uint8_t *blob, size_t blob_len, const uint8_t auth[32]);
+    /* True when the configuration asks for this backend (tpm: a TCTI is
+     * configured, or it is the default backend). */
+    bool (*configured)(void);
 } kh_backend_ops;
 
 extern const kh_backend_ops kh_backend_vault;
+extern const kh_backend_ops kh_backend_tpm;
 extern const kh_backend_ops kh_backend_remote;
 
 /* The table for id, or NULL when no such backend is built in. */
 const kh_backend_ops *kh_backend_get(CK_ULONG id);
+/* The built-in tables (for life-cycle calls). Out: *n. */
+const kh_backend_ops *const *kh_backends(size_t *n);
 /* Tests only: replace the table for ops->id (NULL restores the built-in). */
 void kh_backend_override(CK_ULONG id, const kh_backend_ops *ops);
-/* Call every built-in backend's shutdown (C_Finalize) / forked (fork child) hook. */
-void kh_backends_shutdown(void);
-void kh_backends_forked(void);
 
 #endif

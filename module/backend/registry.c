@@ -10,6 +10,7 @@
 static const kh_backend_ops *const builtin[] = {
     &kh_backend_vault,
     &kh_backend_remote,
+    &kh_backend_tpm,
 };
 
 static const kh_backend_ops *overrides[4];
@@ -24,22 +25,14 @@ const kh_backend_ops *kh_backend_get(CK_ULONG id)
     return NULL;
 }
 
+const kh_backend_ops *const *kh_backends(size_t *n)
+{
+    *n = sizeof builtin / sizeof builtin[0];
+    return builtin;
+}
+
 void kh_backend_override(CK_ULONG id, const kh_backend_ops *ops)
 {
     if (id < sizeof overrides / sizeof overrides[0])
         overrides[id] = ops;
-}
-
-void kh_backends_shutdown(void)
-{
-    for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
-        if (builtin[i]->shutdown)
-            builtin[i]->shutdown();
-}
-
-void kh_backends_forked(void)
-{
-    for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
-        if (builtin[i]->forked)
-            builtin[i]->forked();
 }

@@ -1085,6 +1085,47 @@ static void test_bip340(void)
            rows, signed_ok, verify_ok, verify_true, verify_false, not32);
 }
 
+
+/* Keys made with extra (hardware) randomness mixed in are valid keys, still
+ * differ from call to call (the OS RNG is still in), and the mix is an
+ * involution that depends on the mix bytes and the counter. */
+static void test_generate_mixed(void)
+{
+    static const kh_alg algs[] = { KH_ALG_SECP256K1, KH_ALG_P256, KH_ALG_P384, KH_ALG_ED25519, KH_ALG_RSA };
+    uint8_t mix[48];
+    memset(mix, 0xA5, sizeof mix);
+    for (size_t i = 0; i < sizeof algs / sizeof algs[0]; i++) {
+        kh_pubkey p1, p2, back;
+        uint8_t *s1 = NULL, *s2 = NULL;
+        size_t l1 = 0, l2 = 0;
+        KH_CHECK_RV(kh_crypto_generate_mixed(&p1, &s1, &l1, algs[i], 2048, mix, sizeof mix), CKR_OK);
+        KH_CHECK_RV(kh_crypto_generate_mixed(&p2, &s2, &l2, algs[i], 2048, mix, sizeof mix), CKR_OK);
+        KH_CHECK(l1 != l2 || memcmp(s1, s2, l1) != 0);
+        KH_CHECK_RV(kh_crypto_import(&back, NULL, NULL, algs[i], s1, l1), CKR_OK);
+        KH_CHECK(memcmp(&back, &p1, sizeof back) == 0);
+        KH_CHECK_RV(kh_pubkey_check(&p1), CKR_OK);
+        kh_crypto_secret_free(s1, l1);
+        kh_crypto_secret_free(s2, l2);
+    }
+    uint8_t a[32], b[32], c[32];
+    memset(a, 0x11, sizeof a);
+    memcpy(b, a, sizeof b);
+    memcpy(c, a, sizeof c);
+    KH_CHECK_RV(kh_rng_mix(b, sizeof b, mix, sizeof mix, 0), CKR_OK);
+    KH_CHECK(memcmp(a, b, sizeof a) != 0);
+    KH_CHECK_RV(kh_rng_mix(c, sizeof c, mix, sizeof mix, 1), CKR_OK);
+    KH_CHECK(memcmp(b, c, sizeof b) != 0);
+    mix[0] ^= 1;
+    memcpy(c, a, sizeof c);
+    KH_CHECK_RV(kh_rng_mix(c, sizeof c, mix, sizeof mix, 0), CKR_OK);
+    KH_CHECK(memcmp(b, c, sizeof b) != 0);
+    mix[0] ^= 1;
+    KH_CHECK_RV(kh_rng_mix(b, sizeof b, mix, sizeof mix, 0), CKR_OK);
+    KH_CHECK_MEM(a, b, sizeof a);
+    uint8_t big[65];
+    KH_CHECK_RV(kh_rng_mix(big, sizeof big, mix, sizeof mix, 0), CKR_ARGUMENTS_BAD);
+}
+
 int main(int argc, char **argv)
 {
     kh_test_register("/crypto/init", test_init);
@@ -1112,6 +1153,7 @@ int main(int argc, char **argv)
     kh_test_register("/crypto/errors/key-type", test_errors_key_type);
     kh_test_register("/crypto/errors/keygen", test_errors_keygen);
     kh_test_register("/crypto/pubkey/check", test_pubkey_check);
+    kh_test_register("/crypto/generate-mixed", test_generate_mixed);
     kh_test_register("/crypto/threads", test_threads);
     kh_test_register("/crypto/vectors/wycheproof/ecdsa-secp256k1", test_wp_k1);
     kh_test_register("/crypto/vectors/wycheproof/ecdsa-p256", test_wp_p256);

@@ -152,7 +152,7 @@ static void test_open_modes(void)
     KH_CHECK(stat(db, &sb) == 0 && (sb.st_mode & 07777) == 0600);
     snprintf(db, sizeof db, "%s/keyhold.db-wal", dir); /* SQLite copies the db's mode */
     KH_CHECK(stat(db, &sb) == 0 && (sb.st_mode & 07777) == 0600);
-    KH_CHECK(db_int(dir, "PRAGMA user_version") == 1);
+    KH_CHECK(db_int(dir, "PRAGMA user_version") == 2);
     /* nothing but the database and SQLite's WAL/SHM beside it */
     char ls[4400];
     snprintf(ls, sizeof ls, "ls -A '%s' | grep -v -x -e keyhold.db -e keyhold.db-wal "
@@ -187,7 +187,7 @@ static void test_open_reopen(void)
     KH_CHECK_RV(kh_store_token_get(st, &rec, tok), CKR_OK);
     KH_CHECK(strcmp(rec.label, "persist") == 0);
     kh_store_close(st);
-    KH_CHECK(db_int(saved, "PRAGMA user_version") == 1);
+    KH_CHECK(db_int(saved, "PRAGMA user_version") == 2);
     /* WAL mode persists in the file */
     char jm[4300];
     sqlite3 *db;
@@ -1149,6 +1149,199 @@ static void test_attrs(void)
     free(blob);
 }
 
+
+/* ---- PIN wraps bound to hardware (a mock of the TPM binder) ---- */
+
+/* A pretend TPM: sealed secrets by id, with their auth values. */
+#define MOCK_SLOTS 16
+static struct {
+    uint8_t secret[MOCK_SLOTS][32], auth[MOCK_SLOTS][32];
+    int n;
+    int seals, unseals, bad_auths;
+    CK_RV fail_with;       /* CKR_OK, or what unseal returns instead of working */
+} mock;
+
+static CK_RV mock_seal(uint8_t secret[32], uint8_t **blob, size_t *blob_len, const uint8_t auth[32])
+{
+    if (mock.n == MOCK_SLOTS)
+        return CKR_DEVICE_MEMORY;
+    KH_CHECK_RV(kh_random(secret, 32), CKR_OK);
+    memcpy(mock.secret[mock.n], secret, 32);
+    memcpy(mock.auth[mock.n], auth, 32);
+    *blob = malloc(1);
+    **blob = (uint8_t)mock.n++;
+    *blob_len = 1;
+    mock.seals++;
+    return CKR_OK;
+}
+
+static CK_RV mock_unseal(uint8_t secret[32], const uint8_t *blob, size_t blob_len, const uint8_t auth[32])
+{
+    mock.unseals++;
+    if (mock.fail_with != CKR_OK)
+        return mock.fail_with;
+    if (blob_len != 1 || blob[0] >= mock.n)
+        return CKR_FUNCTION_FAILED;
+    if (memcmp(mock.auth[blob[0]], auth, 32) != 0) {
+        mock.bad_auths++;
+        return CKR_PIN_INCORRECT;
+    }
+    memcpy(secret, mock.secret[blob[0]], 32);
+    return CKR_OK;
+}
+
+static const kh_pin_binder mock_binder = { mock_seal, mock_unseal };
+
+static kh_store *open_bound_token(int64_t *tok, const char **dir)
+{
+    memset(&mock, 0, sizeof mock);
+    kh_store *st = open_fresh(dir);
+    uint8_t k[KH_TOKEN_KEY_LEN];
+    kh_store_set_binder(st, &mock_binder, true);
+    KH_CHECK_RV(kh_store_token_init(st, tok, 0, SO_PIN, "bound", 5, NULL), CKR_OK);
+    KH_CHECK_RV(kh_store_login(st, k, *tok, CKU_SO, SO_PIN), CKR_OK);
+    KH_CHECK_RV(kh_store_init_pin(st, *tok, k, USER_PIN, NULL), CKR_OK);
+    return st;
+}
+
+static void test_bound_login(void)
+{
+    int64_t tok = 0;
+    uint8_t k1[KH_TOKEN_KEY_LEN], k2[KH_TOKEN_KEY_LEN];
+    kh_token_rec rec;
+    kh_store *st = open_bound_token(&tok, NULL);
+    KH_CHECK(mock.seals == 2); /* SO and user wraps */
+    KH_CHECK_RV(kh_store_token_get(st, &rec, tok), CKR_OK);
+    KH_CHECK(rec.tpm_bound);
+    KH_CHECK_RV(kh_store_login(st, k1, tok, CKU_USER, USER_PIN), CKR_OK);
+    KH_CHECK_RV(kh_store_login(st, k2, tok, CKU_SO, SO_PIN), CKR_OK);
+    KH_CHECK_MEM(k1, k2, sizeof k1);
+    int before = mock.unseals;
+    KH_CHECK_RV(kh_store_login(st, k1, tok, CKU_USER, (const uint8_t *)"wrong-pin", 9), CKR_PIN_INCORRECT);
+    KH_CHECK(mock.unseals == before + 1 && mock.bad_auths == 1); /* the hardware saw the wrong PIN */
+    KH_CHECK_RV(kh_store_token_get(st, &rec, tok), CKR_OK);
+    KH_CHECK(rec.user_fail == 1);
+    KH_CHECK_RV(kh_store_login(st, k1, tok, CKU_USER, USER_PIN), CKR_OK);
+    KH_CHECK_RV(kh_store_token_get(st, &rec, tok), CKR_OK);
+    KH_CHECK(rec.user_fail == 0);
+    kh_store_close(st);
+}
+
+/* The PIN alone opens nothing: the wrap needs the hardware's secret. */
+static void test_bound_needs_secret(void)
+{
+    int64_t tok = 0;
+    uint8_t k[KH_TOKEN_KEY_LEN];
+    kh_store *st = open_bound_token(&tok, NULL);
+    for (int i = 0; i < mock.n; i++)
+        mock.secret[i][0] ^= 1; /* the hardware gives back another secret */
+    KH_CHECK_RV(kh_store_login(st, k, tok, CKU_USER, USER_PIN), CKR_PIN_INCORRECT);
+    for (int i = 0; i < mock.n; i++)
+        mock.secret[i][0] ^= 1;
+    KH_CHECK_RV(kh_store_login(st, k, tok, CKU_USER, USER_PIN), CKR_OK);
+    kh_store_close(st);
+}
+
+/* Lockout, another TPM, no TPM: reported as such, counted as nothing. */
+static void test_bound_failures(void)
+{
+    int64_t tok = 0;
+    uint8_t k[KH_TOKEN_KEY_LEN];
+    kh_token_rec rec;
+    const char *dir;
+    kh_store *st = open_bound_token(&tok, &dir);
+    static const CK_RV passed[] = { CKR_PIN_LOCKED, CKR_FUNCTION_FAILED, CKR_DEVICE_ERROR };
+    for (size_t i = 0; i < sizeof passed / sizeof passed[0]; i++) {
+        mock.fail_with = passed[i];
+        KH_CHECK_RV(kh_store_login(st, k, tok, CKU_USER, USER_PIN), passed[i]);
+        KH_CHECK_RV(kh_store_login(st, k, tok, CKU_SO, SO_PIN), passed[i]);
+    }
+    mock.fail_with = CKR_OK;
+    KH_CHECK_RV(kh_store_token_get(st, &rec, tok), CKR_OK);
+    KH_CHECK(rec.user_fail == 0 && rec.so_fail == 0);
+    /* another handle without a binder cannot open a bound token */
+    kh_store *st2 = NULL;
+    KH_CHECK_RV(kh_store_open(&st2, dir), CKR_OK);
+    KH_CHECK_RV(kh_store_login(st2, k, tok, CKU_USER, USER_PIN), CKR_DEVICE_ERROR);
+    KH_CHECK_RV(kh_store_token_get(st2, &rec, tok), CKR_OK);
+    KH_CHECK(rec.tpm_bound && rec.user_fail == 0);
+    kh_store_close(st2);
+    kh_store_close(st);
+}
+
+/* A PIN change keeps the binding; a re-init follows bind_new. */
+static void test_bound_set_pin_reinit(void)
+{
+    int64_t tok = 0, id2 = 0;
+    uint8_t k[KH_TOKEN_KEY_LEN];
+    kh_token_rec rec;
+    kh_store *st = open_bound_token(&tok, NULL);
+    static const uint8_t pin2[] = "new-user-pin";
+    KH_CHECK_RV(kh_store_set_pin(st, tok, CKU_USER, USER_PIN, pin2, sizeof pin2 - 1, NULL), CKR_OK);
+    KH_CHECK(mock.seals == 3);
+    int before = mock.unseals;
+    KH_CHECK_RV(kh_store_login(st, k, tok, CKU_USER, pin2, sizeof pin2 - 1), CKR_OK);
+    KH_CHECK(mock.unseals == before + 1);
+    KH_CHECK_RV(kh_store_login(st, k, tok, CKU_USER, USER_PIN), CKR_PIN_INCORRECT);
+    /* re-initialise without binding: the token is no longer bound */
+    kh_store_set_binder(st, &mock_binder, false);
+    KH_CHECK_RV(kh_store_token_init(st, &id2, tok, SO_PIN, "plain", 5, NULL), CKR_OK);
+    KH_CHECK(id2 == tok);
+    KH_CHECK_RV(kh_store_token_get(st, &rec, tok), CKR_OK);
+    KH_CHECK(!rec.tpm_bound);
+    before = mock.unseals;
+    KH_CHECK_RV(kh_store_login(st, k, tok, CKU_SO, SO_PIN), CKR_OK);
+    KH_CHECK(mock.unseals == before);
+    kh_store_close(st);
+}
+
+/* A version 1 store (before bound wraps) opens, migrates and logs in. */
+static void test_migrate_v1(void)
+{
+    int64_t tok = 0;
+    uint8_t k[KH_TOKEN_KEY_LEN];
+    const char *dir;
+    char path[4300];
+    sqlite3 *db;
+    kh_store *st = open_fresh(&dir);
+    KH_CHECK_RV(kh_store_token_init(st, &tok, 0, SO_PIN, "old", 3, NULL), CKR_OK);
+    kh_store_close(st);
+    snprintf(path, sizeof path, "%s/keyhold.db", dir);
+    KH_CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    KH_CHECK(sqlite3_exec(db, "ALTER TABLE tokens DROP COLUMN user_tpm; ALTER TABLE tokens DROP COLUMN so_tpm;"
+                              "PRAGMA user_version = 1;", NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    KH_CHECK(db_int(dir, "PRAGMA user_version") == 1);
+    st = NULL;
+    KH_CHECK_RV(kh_store_open(&st, dir), CKR_OK);
+    KH_CHECK(db_int(dir, "PRAGMA user_version") == 2);
+    KH_CHECK(db_int(dir, "SELECT count(*) FROM tokens WHERE so_tpm IS NULL AND user_tpm IS NULL") == 1);
+    KH_CHECK_RV(kh_store_login(st, k, tok, CKU_SO, SO_PIN), CKR_OK);
+    kh_store_close(st);
+}
+
+static void test_hkdf(void)
+{
+    /* RFC 5869 A.3: SHA-256, no salt, no info */
+    uint8_t ikm3[22], okm[42];
+    size_t want_len = 0;
+    uint8_t *want = kh_test_unhex("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+                                  "9d201395faa4b61a96c8", &want_len);
+    memset(ikm3, 0x0b, sizeof ikm3);
+    KH_CHECK(want_len == sizeof okm);
+    KH_CHECK_RV(kh_hkdf_sha256(okm, sizeof okm, ikm3, sizeof ikm3, ""), CKR_OK);
+    KH_CHECK_MEM(okm, want, sizeof okm);
+    free(want);
+    /* and what keyhold relies on: deterministic, separated by info */
+    uint8_t a[32], b[32], c[32];
+    static const uint8_t ikm[32] = { 1, 2, 3 };
+    KH_CHECK_RV(kh_hkdf_sha256(a, 32, ikm, 32, "one"), CKR_OK);
+    KH_CHECK_RV(kh_hkdf_sha256(b, 32, ikm, 32, "one"), CKR_OK);
+    KH_CHECK_RV(kh_hkdf_sha256(c, 32, ikm, 32, "two"), CKR_OK);
+    KH_CHECK_MEM(a, b, 32);
+    KH_CHECK(memcmp(a, c, 32) != 0);
+}
+
 int main(int argc, char **argv)
 {
     if (!getenv("KEYHOLD_KDF_LOG2N"))
@@ -1174,5 +1367,11 @@ int main(int argc, char **argv)
     kh_test_register("/store/seal", test_seal);
     kh_test_register("/store/kdf", test_kdf);
     kh_test_register("/store/attrs", test_attrs);
+    kh_test_register("/store/bound/login", test_bound_login);
+    kh_test_register("/store/bound/needs-secret", test_bound_needs_secret);
+    kh_test_register("/store/bound/failures", test_bound_failures);
+    kh_test_register("/store/bound/set-pin-reinit", test_bound_set_pin_reinit);
+    kh_test_register("/store/migrate-v1", test_migrate_v1);
+    kh_test_register("/store/hkdf", test_hkdf);
     return kh_test_run(argc, argv);
 }

@@ -861,6 +861,6 @@ const kh_backend_ops kh_backend_remote = {
     .name = "remote",
     .sign = remote_sign,
     .attach = remote_attach,
-    .shutdown = remote_shutdown,
+    .finalize = remote_shutdown,
     .forked = remote_forked,
 };

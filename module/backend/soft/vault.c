@@ -1,7 +1,8 @@
 /*
  * The vault backend: private keys live in the store as AES-256-GCM blobs
  * under the token key, and are used here, inside the module, with the
- * software crypto (libsecp256k1 / OpenSSL).
+ * software crypto (libsecp256k1 / OpenSSL). On a token bound to a TPM, new
+ * keys mix TPM2_GetRandom output into the OS RNG's.
  *
  * generate/import return the private key encoding of kh_crypto_* as the
  * blob; the module seals it before it reaches the store. sign opens the
@@ -15,11 +16,22 @@
 
 #include "internal.h"
 
+/*
+ * On a token bound to a TPM the new secret also depends on TPM2_GetRandom
+ * output (mixed into the OS RNG's, see kh_crypto_generate_mixed); if the
+ * TPM does not answer, no key is made (CKR_DEVICE_ERROR).
+ */
 static CK_RV vault_generate(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob,
                             size_t *blob_len, kh_alg alg, unsigned rsa_bits)
 {
-    (void)tok;
-    return kh_crypto_generate(pub, blob, blob_len, alg, rsa_bits);
+    uint8_t mix[48];
+    CK_RV rv = tok ? kh_token_hw_random(tok, mix, sizeof mix) : CKR_FUNCTION_NOT_SUPPORTED;
+    if (rv == CKR_FUNCTION_NOT_SUPPORTED)
+        return kh_crypto_generate(pub, blob, blob_len, alg, rsa_bits);
+    if (rv == CKR_OK)
+        rv = kh_crypto_generate_mixed(pub, blob, blob_len, alg, rsa_bits, mix, sizeof mix);
+    kh_wipe(mix, sizeof mix);
+    return rv;
 }
 
 static CK_RV vault_import(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob,

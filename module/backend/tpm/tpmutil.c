@@ -1,0 +1,131 @@
+/*
+ * TPM helpers without module state (see tpmutil.h).
+ */
+#include "tpmutil.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void kh_tpm_srk_template(TPM2B_PUBLIC *out)
+{
+    memset(out, 0, sizeof *out);
+    TPMT_PUBLIC *p = &out->publicArea;
+    p->type = TPM2_ALG_ECC;
+    p->nameAlg = TPM2_ALG_SHA256;
+    p->objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+                          TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH |
+                          TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
+    p->authPolicy.size = 0;
+    p->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
+    p->parameters.eccDetail.symmetric.keyBits.aes = 128;
+    p->parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+    p->parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+    p->parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+    p->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+    p->unique.ecc.x.size = 32;
+    p->unique.ecc.y.size = 32;
+}
+
+bool kh_tpm_is_storage_key(const TPMT_PUBLIC *pub)
+{
+    const TPMA_OBJECT need = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM |
+                             TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_USERWITHAUTH;
+    const TPMT_SYM_DEF_OBJECT *sym;
+
+    if ((pub->objectAttributes & need) != need || (pub->objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT))
+        return false;
+    if (pub->type == TPM2_ALG_ECC)
+        sym = &pub->parameters.eccDetail.symmetric;
+    else if (pub->type == TPM2_ALG_RSA)
+        sym = &pub->parameters.rsaDetail.symmetric;
+    else
+        return false;
+    return sym->algorithm == TPM2_ALG_AES && sym->mode.aes == TPM2_ALG_CFB;
+}
+
+TSS2_RC kh_tpm_rc_base(TSS2_RC rc)
+{
+    if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER)
+        return rc;
+    if (rc & TPM2_RC_FMT1)
+        return rc & (TPM2_RC_FMT1 | 0x3F);
+    return rc & 0xFFF;
+}
+
+static bool pcr_bank(TPMI_ALG_HASH *alg, const char *name, size_t len)
+{
+    static const struct { const char *name; TPMI_ALG_HASH alg; } banks[] = {
+        { "sha1", TPM2_ALG_SHA1 },
+        { "sha256", TPM2_ALG_SHA256 },
+        { "sha384", TPM2_ALG_SHA384 },
+        { "sha512", TPM2_ALG_SHA512 },
+    };
+    for (size_t i = 0; i < sizeof banks / sizeof banks[0]; i++) {
+        if (strlen(banks[i].name) == len && strncmp(banks[i].name, name, len) == 0) {
+            *alg = banks[i].alg;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool kh_tpm_pcr_parse(TPML_PCR_SELECTION *sel, const char *s)
+{
+    memset(sel, 0, sizeof *sel);
+    if (!s || !*s)
+        return false;
+    while (*s) {
+        const char *colon = strchr(s, ':');
+        if (!colon || sel->count >= TPM2_NUM_PCR_BANKS)
+            goto bad;
+        TPMS_PCR_SELECTION *b = &sel->pcrSelections[sel->count];
+        if (!pcr_bank(&b->hash, s, (size_t)(colon - s)))
+            goto bad;
+        for (uint32_t i = 0; i < sel->count; i++)
+            if (sel->pcrSelections[i].hash == b->hash)
+                goto bad; /* a bank named twice */
+        b->sizeofSelect = 3;
+        s = colon + 1;
+        bool any = false;
+        for (;;) {
+            char *end;
+            errno = 0;
+            if (*s < '0' || *s > '9')
+                goto bad;
+            unsigned long pcr = strtoul(s, &end, 10);
+            if (errno || end == s || pcr > 23)
+                goto bad;
+            b->pcrSelect[pcr / 8] |= (uint8_t)(1u << (pcr % 8));
+            any = true;
+            s = end;
+            if (*s != ',')
+                break;
+            s++;
+        }
+        if (!any)
+            goto bad;
+        sel->count++;
+        if (*s == '+')
+            s++;
+        else if (*s)
+            goto bad;
+    }
+    return sel->count > 0;
+bad:
+    memset(sel, 0, sizeof *sel);
+    return false;
+}
+
+bool kh_tpm_parse_persistent(uint32_t *out, const char *s)
+{
+    char *end;
+    errno = 0;
+    if (!s || !*s)
+        return false;
+    unsigned long v = strtoul(s, &end, 0);
+    if (errno || *end || v < KH_TPM_PERSISTENT_FIRST || v > KH_TPM_PERSISTENT_LAST)
+        return false;
+    *out = (uint32_t)v;
+    return true;
+}
