@@ -148,7 +148,7 @@ typedef struct kh_key {
     size_t nallowed;
     uint8_t *sealed;            /* sealed secret (vault) or backend reference */
     size_t sealed_len;
-    unsigned refs;              /* object.c: keys are shared read-only; kh_key_free drops one */
+    unsigned refs;              /* object.c (atomic): keys are shared read-only; kh_key_free drops one */
 } kh_key;
 
 /*
@@ -159,6 +159,16 @@ typedef struct kh_key {
  */
 CK_RV kh_object_key(kh_key **out, kh_session *s, CK_OBJECT_HANDLE h);
 void kh_key_free(kh_key *key);
+/*
+ * Open key->sealed (the backend's blob, sealed under the token key with the
+ * object's identity as associated data): only while a user is logged in.
+ * Returns CKR_USER_NOT_LOGGED_IN without a login; CKR_KH_STORE_ERROR when
+ * there is no blob or it does not open (logged once, prefixed with who:
+ * the store is corrupted or the blob was moved between objects).
+ * Out: *out, *out_len (wipe with kh_wipe, then free()).
+ */
+CK_RV kh_key_unseal(uint8_t **out, size_t *out_len, kh_token *tok, const kh_key *key,
+                    const char *who);
 
 /* Map a key type + CKA_EC_PARAMS / modulus to kh_alg. */
 kh_alg kh_alg_from_ec_params(const uint8_t *params, size_t len);

@@ -460,10 +460,15 @@ static bool is_token_handle(CK_OBJECT_HANDLE h)
 #define KH_KEYS_BUCKETS 256
 static struct kh_key_node { kh_key *key; struct kh_key_node *next; } *key_nodes[KH_KEYS_BUCKETS];
 
+/*
+ * Drop one reference; the last one frees. refs is atomic, so a holder drops
+ * its reference without keys_lock: the cache's own reference is taken and
+ * dropped under keys_lock, and a holder's is taken there (lookup) or before
+ * the key is shared at all.
+ */
 static void key_unref(kh_key *key)
 {
-    /* caller holds keys_lock (or is single-threaded teardown) */
-    if (--key->refs == 0) {
+    if (__atomic_sub_fetch(&key->refs, 1, __ATOMIC_ACQ_REL) == 0) {
         free(key->allowed);
         if (key->sealed)
             kh_wipe(key->sealed, key->sealed_len);
@@ -605,14 +610,34 @@ static CK_RV keys_check_store(void)
 
 void kh_key_free(kh_key *key)
 {
-    if (!key)
-        return;
-    kh_mutex *l = keys_lock_get();
-    if (l)
-        kh_mutex_lock(l);
-    key_unref(key);
-    if (l)
-        kh_mutex_unlock(l);
+    if (key)
+        key_unref(key);
+}
+
+CK_RV kh_key_unseal(uint8_t **out, size_t *out_len, kh_token *tok, const kh_key *key,
+                    const char *who)
+{
+    uint8_t token_key[KH_TOKEN_KEY_LEN];
+    uint8_t aad[KH_OBJ_AAD_LEN];
+    CK_RV rv;
+
+    *out = NULL;
+    *out_len = 0;
+    if (!key->sealed || key->sealed_len == 0)
+        return CKR_KH_STORE_ERROR;
+    rv = kh_token_key_copy(tok, token_key);
+    if (rv != CKR_OK)
+        goto out_wipe;
+    kh_obj_aad(aad, key->token_uid, key->uid);
+    rv = kh_unseal(out, out_len, token_key, aad, sizeof aad, key->sealed, key->sealed_len);
+    if (rv == CKR_ENCRYPTED_DATA_INVALID) {
+        kh_log(KH_LOG_ERROR, "%s: sealed blob of object %lu does not open: store corrupted", who,
+               (unsigned long)key->handle);
+        rv = CKR_KH_STORE_ERROR;
+    }
+out_wipe:
+    kh_wipe(token_key, sizeof token_key);
+    return rv;
 }
 
 static CK_RV key_build(kh_key **out, const kh_obj_rec *rec, CK_OBJECT_HANDLE h, kh_token *tok)
@@ -672,6 +697,7 @@ CK_RV kh_object_key(kh_key **out, kh_session *s, CK_OBJECT_HANDLE h)
     if (!l)
         return CKR_HOST_MEMORY;
     kh_obj_rec rec;
+    uint64_t gen = 0;
     CK_RV rv;
     if (is_token_handle(h)) {
         if (!keys_fresh()) {
@@ -684,9 +710,10 @@ CK_RV kh_object_key(kh_key **out, kh_session *s, CK_OBJECT_HANDLE h)
         for (struct kh_key_node *n = key_nodes[h % KH_KEYS_BUCKETS]; n; n = n->next)
             if (n->key->handle == h) {
                 hit = n->key;
-                hit->refs++;
+                __atomic_add_fetch(&hit->refs, 1, __ATOMIC_RELAXED);
                 break;
             }
+        gen = keys_gen; /* on a miss: a flush from here on keeps the key loaded below out */
         kh_mutex_unlock(l);
         if (hit) {
             if (hit->token_id != s->tok->id || (hit->private_obj && !user_in(s))) {
@@ -696,12 +723,6 @@ CK_RV kh_object_key(kh_key **out, kh_session *s, CK_OBJECT_HANDLE h)
             *out = hit;
             return CKR_OK;
         }
-    }
-    uint64_t gen = 0;
-    if (is_token_handle(h)) {
-        kh_mutex_lock(l);
-        gen = keys_gen;
-        kh_mutex_unlock(l);
     }
     rv = obj_load(&rec, s, h);
     if (rv != CKR_OK)
@@ -717,7 +738,7 @@ CK_RV kh_object_key(kh_key **out, kh_session *s, CK_OBJECT_HANDLE h)
             kh_mutex_lock(l);
             if (keys_gen == gen) {
                 node->key = key;
-                key->refs++;
+                __atomic_add_fetch(&key->refs, 1, __ATOMIC_RELAXED);
                 node->next = key_nodes[h % KH_KEYS_BUCKETS];
                 key_nodes[h % KH_KEYS_BUCKETS] = node;
                 node = NULL;
@@ -819,6 +840,28 @@ static CK_RV rec_seal(kh_obj_rec *rec, kh_session *s, const uint8_t *blob, size_
     return rv;
 }
 
+/*
+ * What a private key the module did not generate gets (imported, adopted,
+ * registered): the public attributes of pub, the backend that holds it,
+ * CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE false (what happened to
+ * the key before is not known here), and the backend's blob sealed under
+ * the token key.
+ */
+static CK_RV rec_set_outside_key(kh_obj_rec *rec, kh_session *s, const kh_pubkey *pub,
+                                 CK_ULONG backend, const uint8_t *blob, size_t blob_len)
+{
+    CK_RV rv = rec_set_public(rec, pub);
+    if (rv == CKR_OK)
+        rv = rec_set_ulong(rec, CKA_KH_BACKEND, backend);
+    if (rv == CKR_OK)
+        rv = rec_set_bool(rec, CKA_ALWAYS_SENSITIVE, false);
+    if (rv == CKR_OK)
+        rv = rec_set_bool(rec, CKA_NEVER_EXTRACTABLE, false);
+    if (rv == CKR_OK)
+        rv = rec_seal(rec, s, blob, blob_len);
+    return rv;
+}
+
 /* True when a template holds an attribute of the tpm backend. */
 static bool tmpl_has_tpm_attrs(const CK_ATTRIBUTE *t, CK_ULONG n)
 {
@@ -886,15 +929,7 @@ static CK_RV create_adopted(kh_obj_rec *rec, uint8_t **blob, size_t *blob_len, k
             rv = rec_set(rec, CKA_EC_PARAMS, params, plen);
     }
     if (rv == CKR_OK)
-        rv = rec_set_public(rec, &pub);
-    if (rv == CKR_OK)
-        rv = rec_set_ulong(rec, CKA_KH_BACKEND, ops->id);
-    if (rv == CKR_OK)
-        rv = rec_set_bool(rec, CKA_ALWAYS_SENSITIVE, false);
-    if (rv == CKR_OK)
-        rv = rec_set_bool(rec, CKA_NEVER_EXTRACTABLE, false);
-    if (rv == CKR_OK)
-        rv = rec_seal(rec, s, *blob, *blob_len);
+        rv = rec_set_outside_key(rec, s, &pub, ops->id, *blob, *blob_len);
     return rv;
 }
 
@@ -1033,16 +1068,7 @@ static CK_RV create_remote_key(kh_session *s, const CK_ATTRIBUTE *t, CK_ULONG n,
             rv = rec_set(&rec, CKA_EC_PARAMS, params, plen);
     }
     if (rv == CKR_OK)
-        rv = rec_set_public(&rec, &pub);
-    if (rv == CKR_OK)
-        rv = rec_set_ulong(&rec, CKA_KH_BACKEND, CKV_KH_BACKEND_REMOTE);
-    /* what happened to the key before it was registered is not known here */
-    if (rv == CKR_OK)
-        rv = rec_set_bool(&rec, CKA_ALWAYS_SENSITIVE, false);
-    if (rv == CKR_OK)
-        rv = rec_set_bool(&rec, CKA_NEVER_EXTRACTABLE, false);
-    if (rv == CKR_OK)
-        rv = rec_seal(&rec, s, blob, blob_len);
+        rv = rec_set_outside_key(&rec, s, &pub, CKV_KH_BACKEND_REMOTE, blob, blob_len);
     if (rv != CKR_OK)
         goto out;
     /* The row and its audit row in one transaction (one fsync). */
@@ -1137,15 +1163,7 @@ CK_RV kh_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK
         if (rv == CKR_OK)
             rv = ops->import(s->tok, &pub, &blob, &blob_len, alg, secret, secret_len);
         if (rv == CKR_OK)
-            rv = rec_set_public(&rec, &pub);
-        if (rv == CKR_OK)
-            rv = rec_set_ulong(&rec, CKA_KH_BACKEND, ops->id);
-        if (rv == CKR_OK)
-            rv = rec_set_bool(&rec, CKA_ALWAYS_SENSITIVE, false);
-        if (rv == CKR_OK)
-            rv = rec_set_bool(&rec, CKA_NEVER_EXTRACTABLE, false);
-        if (rv == CKR_OK)
-            rv = rec_seal(&rec, s, blob, blob_len);
+            rv = rec_set_outside_key(&rec, s, &pub, ops->id, blob, blob_len);
         if (rv != CKR_OK)
             goto out;
     }

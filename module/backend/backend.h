@@ -31,7 +31,7 @@ typedef struct kh_backend_ops {
      * Sign data (already hashed if the mechanism hashes) with key. key->sealed
      * is the blob the store keeps (sealed under the token key with
      * kh_obj_aad(token uid, key uid)); the backend unseals it itself with
-     * kh_token_key_copy() (vault: only on a key-cache miss).
+     * kh_key_unseal() (internal.h; vault: only on a key-cache miss).
      * *siglen in: buffer size (>= kh_crypto_sig_len), out: written length.
      */
     CK_RV (*sign)(struct kh_token *tok, const struct kh_key *key, kh_sigop op,

@@ -6,11 +6,9 @@
  *
  * generate/import return the private key encoding of kh_crypto_* as the
  * blob; the module seals it before it reaches the store. sign opens the
- * blob only on a key-cache miss: the token key is copied out of the token
- * (only while a user is logged in), the blob unsealed with the object's
- * identity as associated data, the secret decoded into a kh_softkey and
- * handed to the cache. The token key copy and the unsealed secret are wiped
- * before sign returns, on every path.
+ * blob only on a key-cache miss (kh_key_unseal: only while a user is logged
+ * in), decodes the secret into a kh_softkey and hands it to the cache. The
+ * unsealed secret is wiped before sign returns, on every path.
  */
 #include <stdlib.h>
 
@@ -55,28 +53,13 @@ static uint64_t login_gen(kh_token *tok)
  */
 static CK_RV vault_load(kh_softkey **out, kh_token *tok, const struct kh_key *key)
 {
-    uint8_t token_key[KH_TOKEN_KEY_LEN];
-    uint8_t aad[KH_OBJ_AAD_LEN];
-    uint8_t *secret = NULL;
-    size_t secret_len = 0;
-    CK_RV rv;
+    uint8_t *secret;
+    size_t secret_len;
 
     *out = NULL;
-    if (!key->sealed || key->sealed_len == 0)
-        return CKR_KH_STORE_ERROR;
-    rv = kh_token_key_copy(tok, token_key);
+    CK_RV rv = kh_key_unseal(&secret, &secret_len, tok, key, "vault");
     if (rv != CKR_OK)
-        goto out_wipe_key;
-    kh_obj_aad(aad, key->token_uid, key->uid);
-    rv = kh_unseal(&secret, &secret_len, token_key, aad, sizeof aad, key->sealed,
-                   key->sealed_len);
-    if (rv == CKR_ENCRYPTED_DATA_INVALID) {
-        kh_log(KH_LOG_ERROR, "vault: private blob of object %lu does not open: store corrupted",
-               (unsigned long)key->handle);
-        rv = CKR_KH_STORE_ERROR;
-    }
-    if (rv != CKR_OK)
-        goto out_wipe_key;
+        return rv;
     rv = kh_softkey_load(out, key->pub.alg, secret, secret_len);
     if (rv != CKR_OK) {
         /* The blob opened, so it is ours: a secret that does not decode is a store fault. */
@@ -87,8 +70,6 @@ static CK_RV vault_load(kh_softkey **out, kh_token *tok, const struct kh_key *ke
     }
     kh_wipe(secret, secret_len);
     free(secret);
-out_wipe_key:
-    kh_wipe(token_key, sizeof token_key);
     return rv;
 }
 
