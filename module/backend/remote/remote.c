@@ -24,9 +24,10 @@
  * an old entry.
  *
  * Locking: the driver table and the per-key table each have their own leaf
- * lock (taken briefly, and around a plugin's first load and init); no module
- * lock is held while a driver runs or a signature is verified, so remote
- * I/O never happens under the global lock.
+ * lock (taken briefly, and around a plugin's first load and init), made at
+ * C_Initialize and afresh in a forked child; no module lock is held while a
+ * driver runs or a signature is verified, so remote I/O never happens under
+ * the global lock.
  */
 #include <dlfcn.h>
 #include <stddef.h>
@@ -210,17 +211,6 @@ static CK_RV remote_rv(int status, bool registering, const char *driver, const c
 
 /* ---- drivers ---- */
 
-static kh_mutex *rm_lock_get(void)
-{
-    if (!rm.lock) {
-        kh_mutex_lock(kh_mod.lock);
-        if (!rm.lock && kh_mutex_new(&rm.lock) != CKR_OK)
-            rm.lock = NULL;
-        kh_mutex_unlock(kh_mod.lock);
-    }
-    return rm.lock;
-}
-
 /* Check a plugin's table; NULL reason when usable. */
 static const char *driver_table_problem(const kh_driver_v1 *d)
 {
@@ -293,9 +283,9 @@ static CK_RV driver_for(rm_driver **out, const char **rest, const char *ref, boo
             return registering ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_DEVICE_ERROR;
         }
     }
-    kh_mutex *l = rm_lock_get();
+    kh_mutex *l = rm.lock;
     if (!l)
-        return CKR_HOST_MEMORY;
+        return CKR_HOST_MEMORY;     /* a forked child could not make its lock */
     CK_RV rv = CKR_OK;
     kh_mutex_lock(l);
     rm_driver *d = NULL;
@@ -326,17 +316,6 @@ out_unlock:
 }
 
 /* ---- per-key state (rm_keys) ---- */
-
-static kh_mutex *rm_keys_lock_get(void)
-{
-    if (!rm_keys.lock) {
-        kh_mutex_lock(kh_mod.lock);
-        if (!rm_keys.lock && kh_mutex_new(&rm_keys.lock) != CKR_OK)
-            rm_keys.lock = NULL;
-        kh_mutex_unlock(kh_mod.lock);
-    }
-    return rm_keys.lock;
-}
 
 static size_t rm_key_bucket(const uint8_t uid[KH_UID_LEN])
 {
@@ -384,12 +363,10 @@ static bool rm_key_matches(const rm_key *e, const kh_key *key, uint64_t gen)
            e->sealed_len == key->sealed_len && !memcmp(e->sealed, key->sealed, key->sealed_len);
 }
 
+/* Written under tok->lock, read without it on the signing path (internal.h). */
 static uint64_t token_login_gen(kh_token *tok)
 {
-    kh_mutex_lock(tok->lock);
-    uint64_t gen = tok->login_gen;
-    kh_mutex_unlock(tok->lock);
-    return gen;
+    return __atomic_load_n(&tok->login_gen, __ATOMIC_SEQ_CST);
 }
 
 static CK_RV key_ref(char *ref, struct kh_token *tok, const struct kh_key *key);
@@ -405,9 +382,9 @@ static CK_RV rm_key_get(rm_key **out, kh_token *tok, const kh_key *key)
 {
     uint64_t gen = token_login_gen(tok);
     size_t b = rm_key_bucket(key->uid);
-    kh_mutex *l = rm_keys_lock_get();
+    kh_mutex *l = rm_keys.lock;
     if (!l)
-        return CKR_HOST_MEMORY;
+        return CKR_HOST_MEMORY;     /* a forked child could not make its lock */
     kh_mutex_lock(l);
     for (rm_key *e = rm_keys.buckets[b]; e; e = e->next)
         if (rm_key_matches(e, key, gen)) {
@@ -476,6 +453,20 @@ static void rm_key_put(rm_key *e)
     kh_mutex_unlock(rm_keys.lock);
 }
 
+/* C_Initialize: the two leaf locks (no I/O: drivers load on first use). */
+static CK_RV remote_init(void)
+{
+    CK_RV rv = kh_mutex_new(&rm.lock);
+    if (rv != CKR_OK)
+        return rv;
+    rv = kh_mutex_new(&rm_keys.lock);
+    if (rv != CKR_OK) {
+        kh_mutex_free(rm.lock);
+        rm.lock = NULL;
+    }
+    return rv;
+}
+
 static void remote_shutdown(void)
 {
     if (rm_keys.lock) {
@@ -503,15 +494,17 @@ static void remote_shutdown(void)
 static void remote_forked(void)
 {
     /*
-     * The parent's lock may be held by a thread that does not exist here:
-     * forget it (a new one is made on first use). The built-in driver drops
-     * its pooled connections without touching them; a plugin's state is
+     * The parent's locks may be held by threads that do not exist here:
+     * forget them (leaked) and make new ones. The built-in driver drops its
+     * pooled connections without touching them; a plugin's state is
      * forgotten (leaked) and the plugin initialised again on first use.
      */
-    rm.lock = NULL;
-    /* Per-key entries: forgotten like the lock; those a parent's thread was
-     * using cannot be freed safely and are left (bounded by RM_KEYS_MAX). */
-    rm_keys.lock = NULL;
+    if (kh_mutex_new(&rm.lock) != CKR_OK)
+        rm.lock = NULL;
+    if (kh_mutex_new(&rm_keys.lock) != CKR_OK)
+        rm_keys.lock = NULL;
+    /* Per-key entries: those a parent's thread was using cannot be freed
+     * safely and are left (bounded by RM_KEYS_MAX). */
     for (size_t b = 0; b < RM_KEYS_BUCKETS; b++) {
         for (rm_key *e = rm_keys.buckets[b], *next; e; e = next) {
             next = e->next;
@@ -618,23 +611,9 @@ static CK_RV remote_attach(struct kh_token *tok, kh_pubkey *pub, uint8_t **blob,
 /* The reference of key, unsealed from its blob (only while a user is logged in). */
 static CK_RV key_ref(char *ref, struct kh_token *tok, const struct kh_key *key)
 {
-    uint8_t token_key[KH_TOKEN_KEY_LEN];
-    uint8_t aad[KH_OBJ_AAD_LEN];
-    uint8_t *pt = NULL;
-    size_t pt_len = 0;
-    if (!key->sealed || !key->sealed_len)
-        return CKR_KH_STORE_ERROR;
-    CK_RV rv = kh_token_key_copy(tok, token_key);
-    if (rv != CKR_OK)
-        return rv;
-    kh_obj_aad(aad, key->token_uid, key->uid);
-    rv = kh_unseal(&pt, &pt_len, token_key, aad, sizeof aad, key->sealed, key->sealed_len);
-    kh_wipe(token_key, sizeof token_key);
-    if (rv == CKR_ENCRYPTED_DATA_INVALID) {
-        kh_log(KH_LOG_ERROR, "remote: reference of object %lu does not open: store corrupted",
-               (unsigned long)key->handle);
-        return CKR_KH_STORE_ERROR;
-    }
+    uint8_t *pt;
+    size_t pt_len;
+    CK_RV rv = kh_key_unseal(&pt, &pt_len, tok, key, "remote");
     if (rv != CKR_OK)
         return rv;
     if (!ref_ok((const char *)pt, pt_len))
@@ -785,14 +764,8 @@ static CK_RV remote_sign(struct kh_token *tok, const struct kh_key *key, kh_sigo
 
     if (need == 0)
         return CKR_KEY_TYPE_INCONSISTENT;
-    if (!sig) {
-        *siglen = need;
-        return CKR_OK;
-    }
-    if (*siglen < need) {
-        *siglen = need;
-        return CKR_BUFFER_TOO_SMALL;
-    }
+    if (!sig || *siglen < need)
+        return CKR_GENERAL_ERROR;   /* cannot happen: sign.c answered the length query */
     kh_driver_sign_req req = { .data = data, .data_len = data_len };
     switch (op) {
     case KH_OP_ECDSA: req.algorithm = KH_DRV_ALG_ECDSA; break;
@@ -861,6 +834,7 @@ const kh_backend_ops kh_backend_remote = {
     .name = "remote",
     .sign = remote_sign,
     .attach = remote_attach,
+    .init = remote_init,
     .finalize = remote_shutdown,
     .forked = remote_forked,
 };
