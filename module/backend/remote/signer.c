@@ -231,24 +231,23 @@ static int exchange(sg_state *st, json_object **root, json_object **result, char
 
     /* Parse strictly: one JSON object filling the whole frame. */
     int status = KH_DRV_E_PROTO;
+    json_object *obj = NULL;
     json_tokener *tok = json_tokener_new();
     if (!tok) {
         status = KH_DRV_E_NOMEM;
         goto out_close;
     }
-    json_object *obj = json_tokener_parse_ex(tok, buf, (int)blen);
+    obj = json_tokener_parse_ex(tok, buf, (int)blen);
     bool whole = obj && json_tokener_get_error(tok) == json_tokener_success &&
                  json_tokener_get_parse_end(tok) == blen;
     json_tokener_free(tok);
     if (!whole || !json_object_is_type(obj, json_type_object)) {
-        json_object_put(obj);
         set_msg(msg, msglen, "reply is not a JSON object");
         goto out_close;
     }
     json_object *jid, *jerr, *jres;
     if (json_object_object_get_ex(obj, "id", &jid) &&
         (!json_object_is_type(jid, json_type_int) || (uint64_t)json_object_get_int64(jid) != id)) {
-        json_object_put(obj);
         set_msg(msg, msglen, "reply id does not match the request");
         goto out_close;
     }
@@ -257,7 +256,6 @@ static int exchange(sg_state *st, json_object **root, json_object **result, char
         if (!json_object_is_type(jerr, json_type_object) ||
             !json_object_object_get_ex(jerr, "code", &jcode) ||
             !json_object_is_type(jcode, json_type_int) || json_object_get_int(jcode) == 0) {
-            json_object_put(obj);
             set_msg(msg, msglen, "malformed error object");
             goto out_close;
         }
@@ -265,25 +263,24 @@ static int exchange(sg_state *st, json_object **root, json_object **result, char
         const char *m = json_object_object_get_ex(jerr, "message", &jmsg) &&
                         json_object_is_type(jmsg, json_type_string) ? json_object_get_string(jmsg) : "";
         set_msg(msg, msglen, "%s", m);
-        json_object_put(obj);
-        /* a well-formed error: the stream is in step, keep the connection */
-        pool_put(st, p, c);
-        free(buf);
-        return status;
+        goto out_keep;      /* a well-formed error: the stream is in step */
     }
     if (!json_object_object_get_ex(obj, "result", &jres) ||
         !json_object_is_type(jres, json_type_object)) {
-        json_object_put(obj);
         set_msg(msg, msglen, "reply has neither result nor error");
         goto out_close;
     }
     *root = obj;
     *result = jres;
+    obj = NULL;
+    status = KH_DRV_OK;
+out_keep:
+    json_object_put(obj);
     pool_put(st, p, c);
     free(buf);
-    return KH_DRV_OK;
-
+    return status;
 out_close:
+    json_object_put(obj);
     kh_wire_close(c);
     free(buf);
     return status;
