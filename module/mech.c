@@ -249,26 +249,29 @@ CK_RV kh_mech_check_key(const kh_mech *m, const kh_key *key, CK_FLAGS purpose)
 /* C_GetMechanismList body: the caller has checked initialisation and slot id. */
 CK_RV kh_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count)
 {
+    CK_MECHANISM_TYPE types[NMECHS];
     (void)slot;
-    if (!count)
-        return CKR_ARGUMENTS_BAD;
-    if (!list) {
-        *count = NMECHS;
-        return CKR_OK;
-    }
-    if (*count < NMECHS) {
-        *count = NMECHS;
-        return CKR_BUFFER_TOO_SMALL;
-    }
     for (size_t i = 0; i < NMECHS; i++)
-        list[i] = mechs[i].type;
-    *count = NMECHS;
-    return CKR_OK;
+        types[i] = mechs[i].type;
+    return kh_out_ulongs(list, count, types, NMECHS);
 }
 
-/* C_GetMechanismInfo body: the caller has checked initialisation and slot id. */
+/*
+ * C_GetMechanismInfo body: the caller has checked initialisation. The slot
+ * is resolved here, once (CKR_SLOT_ID_INVALID for an unknown one): a token
+ * whose new keys go to a backend with its own limits (a TPM) reports what
+ * that backend can do, and the free slot's new token would get the
+ * configured default backend. Before C_Initialize (the unit tests) the
+ * table alone answers.
+ */
 CK_RV kh_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
 {
+    kh_token *tok = NULL;
+    if (kh_mod.initialized) {
+        CK_RV rv = kh_token_get(&tok, slot, false);
+        if (rv != CKR_OK)
+            return rv;
+    }
     if (!info)
         return CKR_ARGUMENTS_BAD;
     const kh_mech *m = kh_mech_find(type);
@@ -277,11 +280,7 @@ CK_RV kh_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_
     info->ulMinKeySize = m->min_bits;
     info->ulMaxKeySize = m->max_bits;
     info->flags = m->flags;
-    /* A token whose new keys go to a backend with its own limits (a TPM)
-     * reports what that backend can do. The free slot's new token would
-     * get the configured default backend. */
-    kh_token *tok;
-    if (!kh_mod.initialized || kh_token_get(&tok, slot, false) != CKR_OK)
+    if (!tok)
         return CKR_OK;
     CK_ULONG backend = tok->rec.id ? tok->rec.default_backend : kh_mod.cfg.default_backend;
     const kh_backend_ops *be = kh_backend_get(backend);

@@ -706,9 +706,10 @@ CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList
     return rv != CKR_OK ? rv : kh_GetMechanismList(slotID, pMechanismList, pulCount);
 }
 
+/* kh_GetMechanismInfo resolves the slot itself (it needs the token). */
 CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo)
 {
-    CK_RV rv = slot_check(slotID);
+    CK_RV rv = kh_check_fork();
     return rv != CKR_OK ? rv : kh_GetMechanismInfo(slotID, type, pInfo);
 }
 
