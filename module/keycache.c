@@ -142,6 +142,18 @@ static void kc_expire_locked(uint64_t now)
         kc_detach_locked(kc.tail);
 }
 
+/* The entry of (token uid, object uid, login generation) in the map, or NULL
+ * (caller holds kc.lock). */
+static kc_entry *kc_find_locked(const uint8_t token_uid[KH_UID_LEN], const uint8_t uid[KH_UID_LEN],
+                                uint64_t gen)
+{
+    for (kc_entry *e = kc.buckets[kc_bucket(token_uid, uid, gen)]; e; e = e->hnext)
+        if (e->gen == gen && memcmp(e->uid, uid, KH_UID_LEN) == 0 &&
+            memcmp(e->token_uid, token_uid, KH_UID_LEN) == 0)
+            return e;
+    return NULL;
+}
+
 kh_softkey *kh_keycache_get(const uint8_t token_uid[KH_UID_LEN], const uint8_t uid[KH_UID_LEN],
                             uint64_t login_gen, void **ref)
 {
@@ -152,17 +164,14 @@ kh_softkey *kh_keycache_get(const uint8_t token_uid[KH_UID_LEN], const uint8_t u
         goto out_unlock;
     uint64_t now = now_ms();
     kc_expire_locked(now);
-    for (kc_entry *e = kc.buckets[kc_bucket(token_uid, uid, login_gen)]; e; e = e->hnext) {
-        if (e->gen == login_gen && memcmp(e->uid, uid, KH_UID_LEN) == 0 &&
-            memcmp(e->token_uid, token_uid, KH_UID_LEN) == 0) {
-            e->refs++;
-            e->last_ms = now;
-            lru_unlink(e);
-            lru_push_front(e);
-            *ref = e;
-            key = e->key;
-            break;
-        }
+    kc_entry *e = kc_find_locked(token_uid, uid, login_gen);
+    if (e) {
+        e->refs++;
+        e->last_ms = now;
+        lru_unlink(e);
+        lru_push_front(e);
+        *ref = e;
+        key = e->key;
     }
 out_unlock:
     kc_unlock();
@@ -194,14 +203,9 @@ void kh_keycache_insert_take(kh_softkey *key, const uint8_t token_uid[KH_UID_LEN
     kc_expire_locked(now);
 
     /* Two callers can miss at once and both insert: the newer entry wins. */
-    size_t b = kc_bucket(token_uid, uid, login_gen);
-    for (kc_entry *o = kc.buckets[b]; o; o = o->hnext) {
-        if (o->gen == login_gen && memcmp(o->uid, uid, KH_UID_LEN) == 0 &&
-            memcmp(o->token_uid, token_uid, KH_UID_LEN) == 0) {
-            kc_detach_locked(o);
-            break;
-        }
-    }
+    kc_entry *old = kc_find_locked(token_uid, uid, login_gen);
+    if (old)
+        kc_detach_locked(old);
     /* Make room: evict the least recently used entries nobody is using. */
     kc_entry *victim = kc.tail;
     while (kc.count >= kc.max_keys && victim) {
@@ -213,6 +217,7 @@ void kh_keycache_insert_take(kh_softkey *key, const uint8_t token_uid[KH_UID_LEN
     if (kc.count >= kc.max_keys)
         goto out_unlock;   /* every cached key is in use: stay private */
 
+    size_t b = kc_bucket(token_uid, uid, login_gen);
     e->live = true;
     e->hnext = kc.buckets[b];
     kc.buckets[b] = e;
@@ -310,8 +315,7 @@ void kh_keycache_shutdown(void)
  */
 void kh_keycache_configure(bool enabled, size_t max_keys, unsigned idle_s)
 {
-    kh_keycache_flush_all();   /* replaces a lock inherited over fork first */
-    kh_keycache_shutdown();
+    kh_keycache_shutdown();    /* its flush replaces a lock inherited over fork first */
 
     if (kh_mutex_new(&kc.lock) != CKR_OK) {
         kc.lock = NULL;
