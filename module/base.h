@@ -6,6 +6,7 @@
 #ifndef KH_MODULE_BASE_H
 #define KH_MODULE_BASE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* ---- logging (log.c): quiet by default; KEYHOLD_LOG=error|warn|info|debug ---- */
@@ -13,6 +14,8 @@
 enum kh_log_level { KH_LOG_ERROR = 1, KH_LOG_WARN, KH_LOG_INFO, KH_LOG_DEBUG };
 void kh_log(enum kh_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void kh_log_set_level(int level);
+/* True when kh_log writes lines of level (KEYHOLD_LOG or the configured level). */
+bool kh_log_enabled(enum kh_log_level level);
 
 /* ---- locked memory for secrets (secmem.c): mlock'd, MADV_DONTDUMP, MADV_WIPEONFORK ---- */
 

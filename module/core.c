@@ -665,8 +665,7 @@ static CK_RV initialize_serialised(CK_VOID_PTR pInitArgs)
         return rv;
     kh_log_set_level(kh_mod.cfg.log_level);
     /* tpm2-tss logs to stderr unless told otherwise; keyhold is quiet by default. */
-    const char *klog = getenv("KEYHOLD_LOG");
-    if (!getenv("TSS2_LOG") && kh_mod.cfg.log_level < KH_LOG_DEBUG && !(klog && !strcmp(klog, "debug")))
+    if (!getenv("TSS2_LOG") && !kh_log_enabled(KH_LOG_DEBUG))
         setenv("TSS2_LOG", "all+NONE", 0);
     rv = kh_crypto_init();
     if (rv != CKR_OK)

@@ -6,8 +6,6 @@
  */
 #include "base.h"
 
-#include <stdbool.h>
-
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,13 +29,18 @@ static int log_level_from_env(void)
     return 0;
 }
 
-void kh_log(enum kh_log_level level, const char *fmt, ...)
+bool kh_log_enabled(enum kh_log_level level)
 {
-    static const char *names[] = { "", "error", "warn", "info", "debug" };
     int max = kh_log_level_cached;
     if (max < 0)
         max = kh_log_level_cached = log_level_from_env();
-    if ((int)level > max)
+    return (int)level <= max;
+}
+
+void kh_log(enum kh_log_level level, const char *fmt, ...)
+{
+    static const char *names[] = { "", "error", "warn", "info", "debug" };
+    if (!kh_log_enabled(level))
         return;
     char line[512];
     va_list ap;

@@ -13,12 +13,12 @@
  * Every SQLite error goes through kh_store_rv(), the one translator to CK_RV.
  */
 #include "store.h"
+#include "base.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pwd.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,31 +210,14 @@ static CK_RV kh_find_stmt(kh_store *st, sqlite3_stmt **out, unsigned shape);
 
 /* ---- errors ---- */
 
-static void kh_store_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* Until the module's logger exists: stderr, only with KEYHOLD_LOG=debug. */
-static void kh_store_debug(const char *fmt, ...)
-{
-    const char *lvl = getenv("KEYHOLD_LOG");
-    va_list ap;
-
-    if (!lvl || strcmp(lvl, "debug") != 0)
-        return;
-    fputs("keyhold: store: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
 /*
  * The one translator from SQLite result codes to CK_RV. Logs the native
  * code once (debug level). what names the operation for the log line.
  */
 static CK_RV kh_store_rv(kh_store *st, int rc, const char *what)
 {
-    kh_store_debug("%s: sqlite error %d (%s): %s", what, rc, sqlite3_errstr(rc),
-                   st && st->db ? sqlite3_errmsg(st->db) : "-");
+    kh_log(KH_LOG_DEBUG, "store: %s: sqlite error %d (%s): %s", what, rc, sqlite3_errstr(rc),
+           st && st->db ? sqlite3_errmsg(st->db) : "-");
     switch (rc & 0xff) {
     case SQLITE_OK:
     case SQLITE_ROW:
@@ -376,15 +359,15 @@ static CK_RV kh_store_mkdirs(const char *dir)
         if (mkdir(path, 0700) == 0) {
             /* 0700 whatever the umask */
             if (chmod(path, 0700) != 0)
-                kh_store_debug("chmod %s: %s", path, strerror(errno));
+                kh_log(KH_LOG_DEBUG, "store: chmod %s: %s", path, strerror(errno));
         } else if (errno != EEXIST) {
-            kh_store_debug("mkdir %s: %s", path, strerror(errno));
+            kh_log(KH_LOG_DEBUG, "store: mkdir %s: %s", path, strerror(errno));
             return CKR_KH_STORE_ERROR;
         }
         path[i] = c;
     }
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-        kh_store_debug("%s is not a directory", dir);
+        kh_log(KH_LOG_DEBUG, "store: %s is not a directory", dir);
         return CKR_KH_STORE_ERROR;
     }
     return CKR_OK;
@@ -396,7 +379,7 @@ static CK_RV kh_store_create_file(const char *path)
     struct stat sb;
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
-        kh_store_debug("open %s: %s", path, strerror(errno));
+        kh_log(KH_LOG_DEBUG, "store: open %s: %s", path, strerror(errno));
         return CKR_KH_STORE_ERROR;
     }
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
@@ -404,7 +387,7 @@ static CK_RV kh_store_create_file(const char *path)
         return CKR_KH_STORE_ERROR;
     }
     if ((sb.st_mode & 07777) != 0600 && fchmod(fd, 0600) != 0)
-        kh_store_debug("chmod %s: %s", path, strerror(errno));
+        kh_log(KH_LOG_DEBUG, "store: chmod %s: %s", path, strerror(errno));
     close(fd);
     return CKR_OK;
 }
@@ -442,8 +425,8 @@ static CK_RV kh_store_migrate(kh_store *st)
     if (rv != CKR_OK)
         return rv;
     if (ver > KH_SCHEMA_VERSION) {
-        kh_store_debug("store version %lld is newer than this build (%d)",
-                       (long long)ver, KH_SCHEMA_VERSION);
+        kh_log(KH_LOG_DEBUG, "store: store version %lld is newer than this build (%d)", (long long)ver,
+               KH_SCHEMA_VERSION);
         return CKR_KH_STORE_ERROR;
     }
     while (ver < KH_SCHEMA_VERSION) {
@@ -1039,7 +1022,7 @@ static CK_RV kh_bound_open(kh_store *st, uint8_t kek[32], const uint8_t *blob, s
     uint8_t auth[32], secret[32];
     CK_RV rv;
     if (!st->binder) {
-        kh_store_debug("token is bound to a TPM, but no TPM binder is available");
+        kh_log(KH_LOG_DEBUG, "store: token is bound to a TPM, but no TPM binder is available");
         return CKR_DEVICE_ERROR;
     }
     rv = kh_bound_auth(auth, kek);
