@@ -88,7 +88,6 @@ void kh_sign_ops_reset(kh_session *s)
     digest_op_free(digest);
 }
 
-/* The slot of s that holds the sign or verify operation. */
 /*
  * The length query (NULL buffer) and CKR_BUFFER_TOO_SMALL, once for every
  * output: true when buf can take need bytes; otherwise *len is set to need,
@@ -103,6 +102,7 @@ static bool out_room(const void *buf, CK_ULONG_PTR len, size_t need, CK_RV *rv)
     return false;
 }
 
+/* The slot of s that holds the sign or verify operation. */
 static struct kh_sign_op **op_slot(kh_session *s, CK_FLAGS purpose)
 {
     return purpose == CKF_SIGN ? &s->sign : &s->verify;
