@@ -7,13 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
-#include <tss2/tss2_tctildr.h>
 
+#include "encode.h"
 #include "tpmutil.h"
 
 #define KH_TOOL_TPM_TIMEOUT_MS 30000
@@ -78,8 +77,7 @@ bool kh_tpm_conf_read(struct kh_tpm_conf *conf, char *err, size_t errlen)
 /* ---- a connection with deadlines ---- */
 
 struct tconn {
-    TSS2_TCTI_CONTEXT *tcti;
-    bool own_tcti;       /* keyhold's swtpm TCTI (deadlines), as the module uses */
+    TSS2_TCTI_CONTEXT *tcti;    /* as the module opens it (kh_tpm_tcti_open) */
     ESYS_CONTEXT *esys;
 };
 
@@ -93,10 +91,7 @@ static void conn_close(struct tconn *c)
 {
     if (c->esys)
         Esys_Finalize(&c->esys);
-    if (c->tcti && c->own_tcti)
-        kh_tcti_swtpm_free(c->tcti);
-    else if (c->tcti)
-        Tss2_TctiLdr_Finalize(&c->tcti);
+    kh_tpm_tcti_close(c->tcti);
     c->tcti = NULL;
 }
 
@@ -105,14 +100,8 @@ static bool conn_open(struct tconn *c, const char *tcti, char *err, size_t errle
     memset(c, 0, sizeof *c);
     if (!getenv("TSS2_LOG"))
         setenv("TSS2_LOG", "all+NONE", 0);
-    TSS2_RC rc;
-    c->own_tcti = kh_tcti_is_swtpm(tcti);
-    if (c->own_tcti)
-        rc = kh_tcti_swtpm_new(&c->tcti, tcti, KH_TOOL_TPM_TIMEOUT_MS);
-    else
-        rc = Tss2_TctiLdr_Initialize(tcti, &c->tcti);
+    TSS2_RC rc = kh_tpm_tcti_open(&c->tcti, tcti, KH_TOOL_TPM_TIMEOUT_MS);
     if (rc != TSS2_RC_SUCCESS) {
-        c->tcti = NULL;
         rc_text(err, errlen, "cannot open the TCTI", rc);
         return false;
     }
@@ -127,67 +116,13 @@ static bool conn_open(struct tconn *c, const char *tcti, char *err, size_t errle
     return true;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* Await an Esys_*_Async command; a TPM that does not answer in time is an error. */
-static TSS2_RC wait_cmd(struct tconn *c, TSS2_RC async_rc, TSS2_RC (*fin)(ESYS_CONTEXT *, void *), void *arg)
+static TSS2_RC wait_cmd(struct tconn *c, TSS2_RC async_rc, kh_tpm_fin *fin, void *arg)
 {
+    bool late;
     if (async_rc != TSS2_RC_SUCCESS)
         return async_rc;
-    double deadline = now_ms() + KH_TOOL_TPM_TIMEOUT_MS;
-    for (;;) {
-        TSS2_RC rc = fin(c->esys, arg);
-        if ((rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER || (rc & ~TSS2_RC_LAYER_MASK) != TSS2_BASE_RC_TRY_AGAIN)
-            return rc;
-        if (now_ms() > deadline)
-            return TSS2_TCTI_RC_IO_ERROR;
-    }
-}
-
-struct cap_args {
-    TPMI_YES_NO more;
-    TPMS_CAPABILITY_DATA *data;
-};
-
-static TSS2_RC fin_cap(ESYS_CONTEXT *e, void *arg)
-{
-    struct cap_args *a = arg;
-    return Esys_GetCapability_Finish(e, &a->more, &a->data);
-}
-
-static TSS2_RC fin_from_public(ESYS_CONTEXT *e, void *arg)
-{
-    return Esys_TR_FromTPMPublic_Finish(e, arg);
-}
-
-struct readpub_args {
-    TPM2B_PUBLIC *pub;
-    TPM2B_NAME *name, *qname;
-};
-
-static TSS2_RC fin_readpub(ESYS_CONTEXT *e, void *arg)
-{
-    struct readpub_args *a = arg;
-    return Esys_ReadPublic_Finish(e, &a->pub, &a->name, &a->qname);
-}
-
-struct primary_args {
-    ESYS_TR tr;
-    TPM2B_PUBLIC *pub;
-    TPM2B_CREATION_DATA *cdata;
-    TPM2B_DIGEST *chash;
-    TPMT_TK_CREATION *ticket;
-};
-
-static TSS2_RC fin_primary(ESYS_CONTEXT *e, void *arg)
-{
-    struct primary_args *a = arg;
-    return Esys_CreatePrimary_Finish(e, &a->tr, &a->pub, &a->cdata, &a->chash, &a->ticket);
+    return kh_tpm_await(c->esys, &late, fin, arg, KH_TOOL_TPM_TIMEOUT_MS);
 }
 
 static TSS2_RC fin_evict(ESYS_CONTEXT *e, void *arg)
@@ -195,19 +130,13 @@ static TSS2_RC fin_evict(ESYS_CONTEXT *e, void *arg)
     return Esys_EvictControl_Finish(e, arg);
 }
 
-static TSS2_RC fin_flush(ESYS_CONTEXT *e, void *arg)
-{
-    (void)arg;
-    return Esys_FlushContext_Finish(e);
-}
-
 /* One TPM property (TPM_PT_*). */
 static TSS2_RC get_prop(struct tconn *c, TPM2_PT prop, UINT32 *val)
 {
-    struct cap_args a = { 0 };
+    kh_tpm_cap_out a = { 0 };
     TSS2_RC rc = wait_cmd(c, Esys_GetCapability_Async(c->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
                                                       TPM2_CAP_TPM_PROPERTIES, prop, 1),
-                          fin_cap, &a);
+                          kh_tpm_fin_cap, &a);
     if (rc == TSS2_RC_SUCCESS) {
         if (a.data->data.tpmProperties.count >= 1 && a.data->data.tpmProperties.tpmProperty[0].property == prop)
             *val = a.data->data.tpmProperties.tpmProperty[0].value;
@@ -223,14 +152,14 @@ static TSS2_RC get_prop(struct tconn *c, TPM2_PT prop, UINT32 *val)
 static TSS2_RC read_handle(struct tconn *c, uint32_t handle, TPM2B_PUBLIC **pub, TPM2B_NAME **name)
 {
     ESYS_TR tr = ESYS_TR_NONE;
-    struct readpub_args a = { 0 };
+    kh_tpm_readpub_out a = { 0 };
     TSS2_RC rc = wait_cmd(c, Esys_TR_FromTPMPublic_Async(c->esys, handle, ESYS_TR_NONE, ESYS_TR_NONE,
                                                          ESYS_TR_NONE),
-                          fin_from_public, &tr);
+                          kh_tpm_fin_from_public, &tr);
     if (rc != TSS2_RC_SUCCESS)
         return rc;
     rc = wait_cmd(c, Esys_ReadPublic_Async(c->esys, tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
-                  fin_readpub, &a);
+                  kh_tpm_fin_readpub, &a);
     Esys_TR_Close(c->esys, &tr);
     Esys_Free(a.qname);
     if (rc != TSS2_RC_SUCCESS) {
@@ -244,7 +173,7 @@ static TSS2_RC read_handle(struct tconn *c, uint32_t handle, TPM2B_PUBLIC **pub,
 }
 
 /* Create the SRK-template primary under the owner hierarchy. Out: a. */
-static TSS2_RC make_srk(struct tconn *c, struct primary_args *a, const char *owner_auth)
+static TSS2_RC make_srk(struct tconn *c, kh_tpm_primary_out *a, const char *owner_auth)
 {
     TPM2B_PUBLIC tmpl;
     TPM2B_SENSITIVE_CREATE sens;
@@ -264,28 +193,15 @@ static TSS2_RC make_srk(struct tconn *c, struct primary_args *a, const char *own
     if (rc == TSS2_RC_SUCCESS)
         rc = wait_cmd(c, Esys_CreatePrimary_Async(c->esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
                                                   ESYS_TR_NONE, &sens, &tmpl, &outside, &pcrs),
-                      fin_primary, a);
-    memset(&auth, 0, sizeof auth);
+                      kh_tpm_fin_primary, a);
+    kh_wipe(&auth, sizeof auth);
     return rc;
-}
-
-static void primary_args_free(struct primary_args *a)
-{
-    Esys_Free(a->pub);
-    Esys_Free(a->cdata);
-    Esys_Free(a->chash);
-    Esys_Free(a->ticket);
-}
-
-static bool name_eq(const TPM2B_NAME *x, const TPM2B_NAME *y)
-{
-    return x->size == y->size && memcmp(x->name, y->name, x->size) == 0;
 }
 
 /* The Name of the SRK-template key on this TPM (made, read, flushed). */
 static TSS2_RC srk_name(struct tconn *c, TPM2B_NAME *out, const char *owner_auth)
 {
-    struct primary_args a;
+    kh_tpm_primary_out a;
     TSS2_RC rc = make_srk(c, &a, owner_auth);
     if (rc == TSS2_RC_SUCCESS) {
         TPM2B_NAME *n = NULL;
@@ -293,9 +209,9 @@ static TSS2_RC srk_name(struct tconn *c, TPM2B_NAME *out, const char *owner_auth
         if (rc == TSS2_RC_SUCCESS)
             *out = *n;
         Esys_Free(n);
-        wait_cmd(c, Esys_FlushContext_Async(c->esys, a.tr), fin_flush, NULL);
+        wait_cmd(c, Esys_FlushContext_Async(c->esys, a.tr), kh_tpm_fin_flush, NULL);
     }
-    primary_args_free(&a);
+    kh_tpm_primary_out_free(&a);
     return rc;
 }
 
@@ -337,7 +253,7 @@ void kh_tpm_probe(const struct kh_tpm_conf *conf, struct kh_tpm_probe *pr)
         pr->primary_storage = kh_tpm_is_storage_key(&pub->publicArea);
         TPM2B_NAME srk;
         if (!pr->owner_auth_set && srk_name(&c, &srk, NULL) == TSS2_RC_SUCCESS)
-            pr->primary_is_srk = name_eq(&srk, name);
+            pr->primary_is_srk = kh_tpm_name_eq(&srk, name);
     }
     Esys_Free(pub);
     Esys_Free(name);
@@ -364,7 +280,7 @@ int kh_tpm_setup(const struct kh_tpm_conf *conf, uint32_t handle, const char *ow
                  bool *already, char *msg, size_t msglen)
 {
     struct tconn c;
-    struct primary_args a;
+    kh_tpm_primary_out a;
     TPM2B_PUBLIC *pub = NULL;
     TPM2B_NAME *name = NULL, *newname = NULL;
     ESYS_TR persisted = ESYS_TR_NONE;
@@ -391,7 +307,7 @@ int kh_tpm_setup(const struct kh_tpm_conf *conf, uint32_t handle, const char *ow
     }
     rc = read_handle(&c, handle, &pub, &name);
     if (rc == TSS2_RC_SUCCESS) {
-        if (name_eq(name, newname)) {
+        if (kh_tpm_name_eq(name, newname)) {
             *already = true;
             snprintf(msg, msglen, "0x%08x already holds the SRK-template primary; nothing changed",
                      (unsigned)handle);
@@ -418,8 +334,8 @@ int kh_tpm_setup(const struct kh_tpm_conf *conf, uint32_t handle, const char *ow
     snprintf(msg, msglen, "persisted the SRK-template primary at 0x%08x", (unsigned)handle);
     ret = 0;
 out_flush:
-    wait_cmd(&c, Esys_FlushContext_Async(c.esys, a.tr), fin_flush, NULL);
-    primary_args_free(&a);
+    wait_cmd(&c, Esys_FlushContext_Async(c.esys, a.tr), kh_tpm_fin_flush, NULL);
+    kh_tpm_primary_out_free(&a);
 out_close:
     Esys_Free(pub);
     Esys_Free(name);

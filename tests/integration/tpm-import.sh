@@ -4,7 +4,8 @@
 # an auth value), then `keyhold import --tpm-pub --tpm-priv` (C_CreateObject
 # with CKA_KH_TPM_PUBLIC/PRIVATE); pkcs11-tool signs, and both
 # tpm2_verifysignature and openssl verify, with the public key the TPM
-# reports (not keyhold's). Bad or mismatched blobs and a wrong auth value are
+# reports (not keyhold's). A key made under another persistent key
+# (--tpm-parent) signs in later processes too. Bad or mismatched blobs and a wrong auth value are
 # refused precisely and store nothing. (That the private blob and auth value
 # are never readable is checked in C by tpm-load.)
 set -euo pipefail
@@ -124,6 +125,21 @@ out="$(KEYHOLD_PIN="$PIN" kh import --token imp --label bad3 --tpm-pub "$T/key1.
 echo "$out" | has CKR_ATTRIBUTE_VALUE_INVALID || fail "no parent at 0x81000002: expected CKR_ATTRIBUTE_VALUE_INVALID"
 [ "$(count_objects)" -eq "$before" ] || fail "bad imports stored objects"
 ok "truncated public blob, mismatched private blob, missing parent: refused, nothing stored"
+
+say "a key under a persistent parent other than tpm_primary (--tpm-parent) signs in a later process"
+run tpm2_createprimary -Q -C o -G rsa -c "$T/p3.ctx"
+run tpm2_evictcontrol -Q -C o -c "$T/p3.ctx" 0x81000003
+run tpm2_flushcontext -t
+run tpm2_create -Q -C 0x81000003 -G ecc -u "$T/key4.pub" -r "$T/key4.priv"
+run tpm2_flushcontext -t
+KEYHOLD_PIN="$PIN" run kh import --token imp --label key4 --tpm-pub "$T/key4.pub" --tpm-priv "$T/key4.priv" \
+    --tpm-parent 0x81000003 --id 04
+run p11 --token-label imp --login --pin "$PIN" --sign --id 04 -m ECDSA-SHA256 -i "$T/msg" -o "$T/key4.sig" \
+    --signature-format openssl
+tpm_pub key4
+run openssl dgst -sha256 -verify "$T/key4.tpm.pem" -signature "$T/key4.sig" "$T/msg"
+run tpm2_flushcontext -t
+ok "key4 (parent 0x81000003) signs in a new process, which finds its parent by Name"
 
 say "the module flushed what it loaded; one tool leftover may remain"
 n="$(tpm2_getcap handles-transient | grep -c 0x80 || true)"

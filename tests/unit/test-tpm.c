@@ -1,10 +1,10 @@
 /*
  * Tests of the tpm backend's units that need no TPM: the rc translator and
  * its classes, PCR selections, blob formats, the SRK template and storage-key
- * check, public keys of TPM public areas, and keyhold's swtpm TCTI (its
+ * check, public keys of TPM public areas, keyhold's swtpm TCTI (its
  * configuration and its deadlines, against a socket of the test's own that
- * never answers). Everything that needs a TPM is tested on swtpm by the
- * tpm-* integration tests.
+ * never answers), and the deadline loop around ESYS commands. Everything
+ * that needs a TPM is tested on swtpm by the tpm-* integration tests.
  */
 #include "tpm.h"
 #include "testutil.h"
@@ -256,6 +256,38 @@ static void test_tcti_conf(void)
     KH_CHECK(kh_tcti_swtpm_new(&t, "swtpm:port=", 1000) == TSS2_TCTI_RC_BAD_VALUE);
     KH_CHECK(kh_tcti_swtpm_new(&t, "swtpm:frob=1", 1000) == TSS2_TCTI_RC_BAD_VALUE);
     KH_CHECK(kh_tcti_swtpm_new(&t, "device:/dev/tpm0", 1000) == TSS2_TCTI_RC_BAD_VALUE);
+    /* kh_tpm_tcti_open gives swtpm configurations keyhold's TCTI; close tells it apart */
+    KH_CHECK(kh_tpm_tcti_open(&t, "swtpm:port=2321", 1000) == TSS2_RC_SUCCESS && t);
+    kh_tpm_tcti_close(t);
+    kh_tpm_tcti_close(NULL);
+}
+
+/* ---- awaiting a command ---- */
+
+static TSS2_RC fin_pending(ESYS_CONTEXT *esys, void *arg)
+{
+    (void)esys;
+    (*(int *)arg)++;
+    return TSS2_ESYS_RC_TRY_AGAIN;
+}
+
+static TSS2_RC fin_tpm_error(ESYS_CONTEXT *esys, void *arg)
+{
+    (void)esys;
+    (*(int *)arg)++;
+    return TPM2_RC_RETRY; /* the TPM answered: done, whatever it says */
+}
+
+static void test_await(void)
+{
+    bool late = true;
+    int calls = 0;
+    KH_CHECK(kh_tpm_await(NULL, &late, fin_tpm_error, &calls, 1000) == TPM2_RC_RETRY);
+    KH_CHECK(!late && calls == 1);
+    calls = 0;
+    double t0 = kh_tpm_now_ms();
+    KH_CHECK(kh_tpm_await(NULL, &late, fin_pending, &calls, 50) == TSS2_TCTI_RC_IO_ERROR);
+    KH_CHECK(late && calls > 1 && kh_tpm_now_ms() - t0 >= 50);
 }
 
 /* A unix socket that accepts and reads, and answers only if told to. */
@@ -309,13 +341,6 @@ static void silent_stop(struct silent *sv)
     unlink(sv->path);
 }
 
-static double mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static const uint8_t getrandom_cmd[12] = { 0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8 };
 
 static void test_tcti_deadline(void)
@@ -338,10 +363,10 @@ static void test_tcti_deadline(void)
     snprintf(conf, sizeof conf, "swtpm:path=%s", sv.path);
     KH_CHECK(kh_tcti_swtpm_new(&t, conf, 2000) == TSS2_RC_SUCCESS);
     KH_CHECK(Tss2_Tcti_Transmit(t, sizeof getrandom_cmd, getrandom_cmd) == TSS2_RC_SUCCESS);
-    double t0 = mono_ms();
+    double t0 = kh_tpm_now_ms();
     KH_CHECK(Tss2_Tcti_Receive(t, &size, resp, 100) == TSS2_TCTI_RC_TRY_AGAIN);
     KH_CHECK(Tss2_Tcti_Receive(t, &size, resp, TSS2_TCTI_TIMEOUT_BLOCK) == TSS2_TCTI_RC_TRY_AGAIN);
-    printf("# silent peer: two receives returned after %.0f ms (100 ms + the 2000 ms cap)\n", mono_ms() - t0);
+    printf("# silent peer: two receives returned after %.0f ms (100 ms + the 2000 ms cap)\n", kh_tpm_now_ms() - t0);
     kh_tcti_swtpm_free(t);
     silent_stop(&sv);
 
@@ -388,5 +413,6 @@ int main(int argc, char **argv)
     kh_test_register("/tpm/pubkey", test_pubkey);
     kh_test_register("/tpm/tcti/conf", test_tcti_conf);
     kh_test_register("/tpm/tcti/deadline", test_tcti_deadline);
+    kh_test_register("/tpm/await", test_await);
     return kh_test_run(argc, argv);
 }

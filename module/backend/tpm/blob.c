@@ -29,13 +29,12 @@ static const uint8_t seal_magic[4] = { 'K', 'H', 'T', 'S' };
 #define KH_TPM_BLOB_MAX (8 + sizeof(TPM2B_NAME) + sizeof(TPM2B_PUBLIC) + sizeof(TPM2B_PRIVATE) + \
                          sizeof(TPM2B_AUTH) + sizeof(TPML_PCR_SELECTION) + sizeof(TPM2B_DIGEST))
 
-static CK_RV blob_header(uint8_t *buf, size_t *off, const uint8_t magic[4], uint8_t flags)
+static void blob_header(uint8_t *buf, size_t *off, const uint8_t magic[4], uint8_t flags)
 {
     memcpy(buf, magic, 4);
     buf[4] = KH_TPM_BLOB_VERSION;
     buf[5] = flags;
     *off = 6;
-    return CKR_OK;
 }
 
 CK_RV kh_tpm_key_encode(uint8_t **out, size_t *out_len, const kh_tpm_key *k)

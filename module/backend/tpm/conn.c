@@ -19,7 +19,7 @@
  * parent it was made under, or not at all.
  *
  * Loaded objects: an LRU of at most `limit` objects (tpm_handles, else
- * TPM_PT_HR_TRANSIENT_AVAIL at connect minus one slot kept free for the
+ * TPM_PT_HR_TRANSIENT_AVAIL when first needed minus one slot kept free for the
  * loads themselves). Without a resource manager, other processes share the
  * TPM's few slots: on TPM_RC_OBJECT_MEMORY we evict our own least recently
  * used object and lower our limit, and for the next KH_TPM_SHARED_MS we keep
@@ -43,7 +43,6 @@
 #include <unistd.h>
 
 #include <tss2/tss2_rc.h>
-#include <tss2/tss2_tctildr.h>
 
 /* Poll granularity of a receive: the TCTI returns TRY_AGAIN this often, so
  * the deadline is checked. */
@@ -79,7 +78,6 @@ typedef struct tpm_persistent {
 static struct {
     kh_mutex *lock;
     TSS2_TCTI_CONTEXT *tcti;
-    bool own_tcti;              /* tcti is kh_tcti_swtpm (tcti.c), not from the TCTI loader */
     ESYS_CONTEXT *esys;
     bool broken;
     bool timed_out;             /* the connection was dropped at a deadline */
@@ -214,12 +212,6 @@ CK_RV kh_tpm_rv(TSS2_RC rc, kh_tpm_use use, const char *what)
 
 /* ---- response-code classes ---- */
 
-static bool rc_try_again(TSS2_RC rc)
-{
-    return (rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER &&
-           (rc & ~TSS2_RC_LAYER_MASK) == TSS2_BASE_RC_TRY_AGAIN;
-}
-
 /* The transport failed: the connection is unusable. */
 static bool rc_transport(TSS2_RC rc)
 {
@@ -248,13 +240,6 @@ bool kh_tpm_rc_stale(TSS2_RC rc)
 
 /* ---- connection ---- */
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 unsigned kh_tpm_timeout_ms(void)
 {
     return kh_mod.cfg.tpm_timeout_ms ? kh_mod.cfg.tpm_timeout_ms : 10000;
@@ -273,21 +258,13 @@ static void objs_forget_locked(void)
     T.caps_read = false;
 }
 
-static void tcti_free_locked(void)
-{
-    if (T.tcti && T.own_tcti)
-        kh_tcti_swtpm_free(T.tcti);
-    else if (T.tcti)
-        Tss2_TctiLdr_Finalize(&T.tcti);
-    T.tcti = NULL;
-}
-
 /* Drop the connection (transport lost or deadline missed). Nothing is sent. */
 static void conn_break_locked(void)
 {
     if (T.esys)
         Esys_Finalize(&T.esys);
-    tcti_free_locked();
+    kh_tpm_tcti_close(T.tcti);
+    T.tcti = NULL;
     T.esys = NULL;
     T.broken = true;
     objs_forget_locked();
@@ -296,14 +273,8 @@ static void conn_break_locked(void)
 
 static CK_RV conn_open_locked(void)
 {
-    TSS2_RC rc;
-    T.own_tcti = kh_tcti_is_swtpm(tcti_conf());
-    if (T.own_tcti)
-        rc = kh_tcti_swtpm_new(&T.tcti, tcti_conf(), kh_tpm_timeout_ms());
-    else
-        rc = Tss2_TctiLdr_Initialize(tcti_conf(), &T.tcti);
+    TSS2_RC rc = kh_tpm_tcti_open(&T.tcti, tcti_conf(), kh_tpm_timeout_ms());
     if (rc != TSS2_RC_SUCCESS) {
-        T.tcti = NULL;
         kh_log(KH_LOG_ERROR, "tpm: cannot open TCTI '%s'", tcti_conf());
         return kh_tpm_rv(rc, KH_TPM_USE_OTHER, "Tss2_TctiLdr_Initialize");
     }
@@ -339,7 +310,7 @@ CK_RV kh_tpm_lock(void)
 /* Shared without a resource manager: another process needed the slots lately. */
 static bool shared_locked(void)
 {
-    return T.contended_ms > 0 && now_ms() - T.contended_ms < KH_TPM_SHARED_MS;
+    return T.contended_ms > 0 && kh_tpm_now_ms() - T.contended_ms < KH_TPM_SHARED_MS;
 }
 
 void kh_tpm_unlock(void)
@@ -372,86 +343,23 @@ CK_RV kh_tpm_reconnect_locked(void)
     return conn_open_locked();
 }
 
-TSS2_RC kh_tpm_wait_locked(TSS2_RC (*fin)(ESYS_CONTEXT *esys, void *arg), void *arg,
-                           unsigned timeout_ms, const char *what)
+TSS2_RC kh_tpm_run_locked(TSS2_RC async_rc, kh_tpm_fin *fin, void *arg, unsigned timeout_ms, const char *what)
 {
-    double deadline = now_ms() + timeout_ms;
-    for (;;) {
-        TSS2_RC rc = fin(T.esys, arg);
-        if (!rc_try_again(rc)) {
-            if (rc_transport(rc))
-                conn_break_locked();
-            return rc;
-        }
-        if (now_ms() > deadline) {
-            kh_log(KH_LOG_ERROR, "tpm: %s: no answer within %u ms; dropping the connection", what,
-                   timeout_ms);
-            conn_break_locked();
-            T.timed_out = true;
-            return TSS2_TCTI_RC_IO_ERROR;
-        }
+    bool late = false;
+    TSS2_RC rc = async_rc;
+    if (rc == TSS2_RC_SUCCESS)
+        rc = kh_tpm_await(T.esys, &late, fin, arg, timeout_ms);
+    if (late) {
+        kh_log(KH_LOG_ERROR, "tpm: %s: no answer within %u ms; dropping the connection", what, timeout_ms);
+        conn_break_locked();
+        T.timed_out = true;
+    } else if (rc_transport(rc)) {
+        conn_break_locked();
     }
+    return rc;
 }
 
-TSS2_RC kh_tpm_run_locked(TSS2_RC async_rc, TSS2_RC (*fin)(ESYS_CONTEXT *, void *), void *arg,
-                          unsigned timeout_ms, const char *what)
-{
-    if (async_rc != TSS2_RC_SUCCESS) {
-        if (rc_transport(async_rc))
-            conn_break_locked();
-        return async_rc;
-    }
-    return kh_tpm_wait_locked(fin, arg, timeout_ms, what);
-}
-
-/* ---- command finishers used here ---- */
-
-static TSS2_RC fin_flush(ESYS_CONTEXT *e, void *arg)
-{
-    (void)arg;
-    return Esys_FlushContext_Finish(e);
-}
-
-struct cap_args {
-    TPMI_YES_NO more;
-    TPMS_CAPABILITY_DATA *data;
-};
-
-static TSS2_RC fin_cap(ESYS_CONTEXT *e, void *arg)
-{
-    struct cap_args *a = arg;
-    return Esys_GetCapability_Finish(e, &a->more, &a->data);
-}
-
-static TSS2_RC fin_from_public(ESYS_CONTEXT *e, void *arg)
-{
-    return Esys_TR_FromTPMPublic_Finish(e, arg);
-}
-
-struct readpub_args {
-    TPM2B_PUBLIC *pub;
-    TPM2B_NAME *name, *qname;
-};
-
-static TSS2_RC fin_readpub(ESYS_CONTEXT *e, void *arg)
-{
-    struct readpub_args *a = arg;
-    return Esys_ReadPublic_Finish(e, &a->pub, &a->name, &a->qname);
-}
-
-struct primary_args {
-    ESYS_TR tr;
-    TPM2B_PUBLIC *pub;
-    TPM2B_CREATION_DATA *cdata;
-    TPM2B_DIGEST *chash;
-    TPMT_TK_CREATION *ticket;
-};
-
-static TSS2_RC fin_primary(ESYS_CONTEXT *e, void *arg)
-{
-    struct primary_args *a = arg;
-    return Esys_CreatePrimary_Finish(e, &a->tr, &a->pub, &a->cdata, &a->chash, &a->ticket);
-}
+/* ---- command finishers used only here (the shared ones: tpmutil.h) ---- */
 
 static TSS2_RC fin_load(ESYS_CONTEXT *e, void *arg)
 {
@@ -467,10 +375,10 @@ static TSS2_RC fin_testparms(ESYS_CONTEXT *e, void *arg)
 /* GetCapability of one kind. Out: *data (Esys_Free). */
 static TSS2_RC get_cap_locked(TPMS_CAPABILITY_DATA **data, TPM2_CAP cap, UINT32 prop, UINT32 count)
 {
-    struct cap_args a = { 0 };
+    kh_tpm_cap_out a = { 0 };
     TSS2_RC rc = kh_tpm_run_locked(Esys_GetCapability_Async(T.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
                                                      cap, prop, count),
-                            fin_cap, &a, kh_tpm_timeout_ms(), "TPM2_GetCapability");
+                            kh_tpm_fin_cap, &a, kh_tpm_timeout_ms(), "TPM2_GetCapability");
     *data = a.data;
     return rc;
 }
@@ -496,14 +404,7 @@ CK_RV kh_tpm_caps_locked(kh_tpm_caps *caps)
     kh_tpm_caps c;
     TPMS_CAPABILITY_DATA *d = NULL;
     memset(&c, 0, sizeof c);
-    TSS2_RC rc = get_cap_locked(&d, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_HR_TRANSIENT_AVAIL, 1);
-    if (rc == TSS2_RC_SUCCESS && d->data.tpmProperties.count == 1 &&
-        d->data.tpmProperties.tpmProperty[0].property == TPM2_PT_HR_TRANSIENT_AVAIL)
-        c.transient_avail = d->data.tpmProperties.tpmProperty[0].value;
-    Esys_Free(d);
-    d = NULL;
-    if (rc == TSS2_RC_SUCCESS)
-        rc = get_cap_locked(&d, TPM2_CAP_ALGS, TPM2_ALG_FIRST, TPM2_MAX_CAP_ALGS);
+    TSS2_RC rc = get_cap_locked(&d, TPM2_CAP_ALGS, TPM2_ALG_FIRST, TPM2_MAX_CAP_ALGS);
     if (rc == TSS2_RC_SUCCESS) {
         for (UINT32 i = 0; i < d->data.algorithms.count; i++) {
             switch (d->data.algorithms.algProperties[i].alg) {
@@ -544,18 +445,25 @@ CK_RV kh_tpm_caps_locked(kh_tpm_caps *caps)
     return CKR_OK;
 }
 
-/* Objects we keep loaded: tpm_handles, else TRANSIENT_AVAIL - 1 (one slot
- * stays free for the loads and creates themselves). */
+/* Objects we keep loaded: tpm_handles, else TPM_PT_HR_TRANSIENT_AVAIL - 1
+ * (one slot stays free for the loads and creates themselves). Only that
+ * property is read: this runs before the first load of every process. */
 static unsigned limit_locked(void)
 {
     if (T.limit)
         return T.limit;
     unsigned lim = kh_mod.cfg.tpm_handles;
     if (!lim) {
-        kh_tpm_caps c;
+        TPMS_CAPABILITY_DATA *d = NULL;
         lim = 2;
-        if (kh_tpm_caps_locked(&c) == CKR_OK && c.transient_avail > 0)
-            lim = c.transient_avail > 1 ? c.transient_avail - 1 : 1;
+        if (get_cap_locked(&d, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_HR_TRANSIENT_AVAIL, 1) == TSS2_RC_SUCCESS &&
+            d->data.tpmProperties.count == 1 &&
+            d->data.tpmProperties.tpmProperty[0].property == TPM2_PT_HR_TRANSIENT_AVAIL &&
+            d->data.tpmProperties.tpmProperty[0].value > 0) {
+            UINT32 avail = d->data.tpmProperties.tpmProperty[0].value;
+            lim = avail > 1 ? avail - 1 : 1;
+        }
+        Esys_Free(d);
     }
     if (lim > KH_TPM_MAX_OBJS)
         lim = KH_TPM_MAX_OBJS;
@@ -605,7 +513,7 @@ void kh_tpm_flush_locked(ESYS_TR tr)
         obj_remove(o);
     if (!T.esys || tr == ESYS_TR_NONE)
         return;
-    TSS2_RC rc = kh_tpm_run_locked(Esys_FlushContext_Async(T.esys, tr), fin_flush, NULL, kh_tpm_timeout_ms(),
+    TSS2_RC rc = kh_tpm_run_locked(Esys_FlushContext_Async(T.esys, tr), kh_tpm_fin_flush, NULL, kh_tpm_timeout_ms(),
                             "TPM2_FlushContext");
     if (rc != TSS2_RC_SUCCESS && T.esys) {
         kh_log(KH_LOG_DEBUG, "tpm: flush: 0x%08x (%s)", (unsigned)rc, tpm_rc_text(rc));
@@ -672,7 +580,7 @@ static bool steal_one_locked(void)
             continue;
         ESYS_TR tr = ESYS_TR_NONE;
         rc = kh_tpm_run_locked(Esys_TR_FromTPMPublic_Async(T.esys, h, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
-                        fin_from_public, &tr, kh_tpm_timeout_ms(), "TPM2_ReadPublic");
+                        kh_tpm_fin_from_public, &tr, kh_tpm_timeout_ms(), "TPM2_ReadPublic");
         if (rc != TSS2_RC_SUCCESS) {
             if (!T.esys)
                 break;
@@ -681,7 +589,7 @@ static bool steal_one_locked(void)
         }
         kh_log(KH_LOG_WARN, "tpm: the TPM is full; flushing transient object 0x%08x that this "
                "process did not load (no resource manager?)", (unsigned)h);
-        rc = kh_tpm_run_locked(Esys_FlushContext_Async(T.esys, tr), fin_flush, NULL, kh_tpm_timeout_ms(),
+        rc = kh_tpm_run_locked(Esys_FlushContext_Async(T.esys, tr), kh_tpm_fin_flush, NULL, kh_tpm_timeout_ms(),
                         "TPM2_FlushContext");
         if (rc != TSS2_RC_SUCCESS && T.esys)
             Esys_TR_Close(T.esys, &tr);
@@ -706,7 +614,7 @@ bool kh_tpm_make_room_locked(ESYS_TR keep, bool full, unsigned attempt)
     if (!shared_locked())
         kh_log(KH_LOG_INFO, "tpm: the TPM is full: keeping nothing loaded between operations for %d s",
                KH_TPM_SHARED_MS / 1000);
-    T.contended_ms = now_ms();
+    T.contended_ms = kh_tpm_now_ms();
     size_t before = T.nobjs;
     if (evict_lru_locked(keep)) {
         /* Someone else holds the rest: keep no more than we had, less one. */
@@ -732,11 +640,6 @@ bool kh_tpm_make_room_locked(ESYS_TR keep, bool full, unsigned attempt)
 
 /* ---- parents ---- */
 
-static bool name_eq(const TPM2B_NAME *a, const TPM2B_NAME *b)
-{
-    return a->size == b->size && a->size <= sizeof a->name && memcmp(a->name, b->name, a->size) == 0;
-}
-
 /* Read the persistent object at p->handle: is it a storage key? */
 static TSS2_RC persistent_check_locked(tpm_persistent *p)
 {
@@ -745,7 +648,7 @@ static TSS2_RC persistent_check_locked(tpm_persistent *p)
     ESYS_TR tr = ESYS_TR_NONE;
     TSS2_RC rc = kh_tpm_run_locked(Esys_TR_FromTPMPublic_Async(T.esys, p->handle, ESYS_TR_NONE, ESYS_TR_NONE,
                                                         ESYS_TR_NONE),
-                            fin_from_public, &tr, kh_tpm_timeout_ms(), "TPM2_ReadPublic");
+                            kh_tpm_fin_from_public, &tr, kh_tpm_timeout_ms(), "TPM2_ReadPublic");
     if (rc != TSS2_RC_SUCCESS) {
         if (!T.esys)
             return rc;
@@ -758,9 +661,9 @@ static TSS2_RC persistent_check_locked(tpm_persistent *p)
         }
         return rc;
     }
-    struct readpub_args a = { 0 };
+    kh_tpm_readpub_out a = { 0 };
     rc = kh_tpm_run_locked(Esys_ReadPublic_Async(T.esys, tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
-                    fin_readpub, &a, kh_tpm_timeout_ms(), "TPM2_ReadPublic");
+                    kh_tpm_fin_readpub, &a, kh_tpm_timeout_ms(), "TPM2_ReadPublic");
     if (rc != TSS2_RC_SUCCESS) {
         if (T.esys)
             Esys_TR_Close(T.esys, &tr);
@@ -857,16 +760,13 @@ static TSS2_RC srk_locked(ESYS_TR *out)
     memset(&pcrs, 0, sizeof pcrs);
     kh_tpm_make_room_locked(ESYS_TR_NONE, false, 0);
     for (unsigned attempt = 0;; attempt++) {
-        struct primary_args a = { .tr = ESYS_TR_NONE };
+        kh_tpm_primary_out a = { .tr = ESYS_TR_NONE };
         if (!T.esys)
             return TSS2_TCTI_RC_IO_ERROR;
         rc = kh_tpm_run_locked(Esys_CreatePrimary_Async(T.esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
                                                  ESYS_TR_NONE, &sens, &tmpl, &outside, &pcrs),
-                        fin_primary, &a, kh_tpm_timeout_ms(), "TPM2_CreatePrimary");
-        Esys_Free(a.pub);
-        Esys_Free(a.cdata);
-        Esys_Free(a.chash);
-        Esys_Free(a.ticket);
+                        kh_tpm_fin_primary, &a, kh_tpm_timeout_ms(), "TPM2_CreatePrimary");
+        kh_tpm_primary_out_free(&a);
         if (rc == TSS2_RC_SUCCESS) {
             TPM2B_NAME *name = NULL;
             rc = Esys_TR_GetName(T.esys, a.tr, &name);
@@ -906,6 +806,26 @@ TSS2_RC kh_tpm_parent_default_locked(ESYS_TR *tr, TPM2B_NAME *name)
     return rc;
 }
 
+/* The storage key named name among all persistent objects of the TPM: the
+ * parent of a key adopted under a persistent key other than tpm_primary
+ * (CKA_KH_TPM_PARENT), which a new connection does not know yet. */
+static TSS2_RC persistent_find_locked(ESYS_TR *tr, const TPM2B_NAME *name)
+{
+    TPMS_CAPABILITY_DATA *d = NULL;
+    TSS2_RC rc = get_cap_locked(&d, TPM2_CAP_HANDLES, KH_TPM_PERSISTENT_FIRST, TPM2_MAX_CAP_HANDLES);
+    for (UINT32 i = 0; rc == TSS2_RC_SUCCESS && i < d->data.handles.count; i++) {
+        tpm_persistent *p = persistent_slot_locked(d->data.handles.handle[i]);
+        rc = persistent_check_locked(p);
+        if (rc == TSS2_RC_SUCCESS && p->ok && kh_tpm_name_eq(&p->name, name)) {
+            *tr = p->tr;
+            Esys_Free(d);
+            return TSS2_RC_SUCCESS;
+        }
+    }
+    Esys_Free(d);
+    return rc == TSS2_RC_SUCCESS ? KH_TPM_RC_NO_PARENT : rc;
+}
+
 TSS2_RC kh_tpm_parent_find_locked(ESYS_TR *tr, const TPM2B_NAME *name)
 {
     for (int pass = 0; pass < 2; pass++) {
@@ -914,7 +834,7 @@ TSS2_RC kh_tpm_parent_find_locked(ESYS_TR *tr, const TPM2B_NAME *name)
         if (rc != TSS2_RC_SUCCESS)
             return rc;
         for (size_t i = 0; i < T.npers; i++) {
-            if (T.pers[i].ok && name_eq(&T.pers[i].name, name)) {
+            if (T.pers[i].ok && kh_tpm_name_eq(&T.pers[i].name, name)) {
                 *tr = T.pers[i].tr;
                 return TSS2_RC_SUCCESS;
             }
@@ -925,7 +845,7 @@ TSS2_RC kh_tpm_parent_find_locked(ESYS_TR *tr, const TPM2B_NAME *name)
             if (rc != TSS2_RC_SUCCESS)
                 return rc;
         }
-        if (name_eq(&T.srk_name, name))
+        if (kh_tpm_name_eq(&T.srk_name, name))
             return srk_locked(tr);
         if (pass == 0) {
             /* The persistent objects may have changed since we looked: look again. */
@@ -936,7 +856,7 @@ TSS2_RC kh_tpm_parent_find_locked(ESYS_TR *tr, const TPM2B_NAME *name)
             }
         }
     }
-    return KH_TPM_RC_NO_PARENT;
+    return persistent_find_locked(tr, name);
 }
 
 /* Forget the SRK after its handle went stale (TPM restart, flushed by someone). */
@@ -1031,11 +951,7 @@ TSS2_RC kh_tpm_obj_get_locked(ESYS_TR *tr, bool *cached, const TPM2B_NAME *paren
     }
 }
 
-/* ---- backend life cycle (keys.c exports these through the ops table) ---- */
-
-CK_RV kh_tpm_conn_init(void);
-void kh_tpm_conn_finalize(void);
-void kh_tpm_conn_forked(void);
+/* ---- backend life cycle ---- */
 
 CK_RV kh_tpm_conn_init(void)
 {
@@ -1052,7 +968,7 @@ void kh_tpm_conn_finalize(void)
         kh_tpm_flush_locked(T.objs[T.nobjs - 1].tr);
     if (T.esys)
         Esys_Finalize(&T.esys);
-    tcti_free_locked();
+    kh_tpm_tcti_close(T.tcti);
     kh_mutex_unlock(T.lock);
     kh_mutex_free(T.lock);
     memset(&T, 0, sizeof T);

@@ -49,10 +49,6 @@
 /* Unseal attempts: each may lose its object to another process without a resource manager. */
 #define KH_TPM_UNSEAL_TRIES 10
 
-CK_RV kh_tpm_conn_init(void);
-void kh_tpm_conn_finalize(void);
-void kh_tpm_conn_forked(void);
-
 static const TPMT_TK_HASHCHECK null_ticket = { .tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL };
 
 /* ---- finishers ---- */
@@ -381,7 +377,7 @@ static CK_RV tpm_generate_tmpl(struct kh_token *tok, kh_pubkey *pub, uint8_t **b
         return rv;
     rv = kh_random(k.auth.buffer, KH_TPM_AUTH_LEN);
     if (rv != CKR_OK)
-        return rv;
+        goto out_wipe;
     k.auth.size = KH_TPM_AUTH_LEN;
     sens.sensitive.userAuth = k.auth;
 
@@ -1040,7 +1036,7 @@ static CK_RV tpm_pin_seal(uint8_t secret[32], uint8_t **blob, size_t *blob_len, 
     if (rv == CKR_OK)
         rv = kh_random(secret, KH_TPM_SECRET_LEN);
     if (rv != CKR_OK)
-        return rv;
+        goto out_wipe;
     sens.sensitive.userAuth.size = KH_TPM_AUTH_LEN;
     memcpy(sens.sensitive.userAuth.buffer, auth, KH_TPM_AUTH_LEN);
     sens.sensitive.data.size = KH_TPM_SECRET_LEN;

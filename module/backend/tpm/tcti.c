@@ -1,5 +1,6 @@
 /*
- * A TCTI for swtpm's socket interface with deadlines.
+ * Opening the configured TCTI, and a TCTI for swtpm's socket interface with
+ * deadlines.
  *
  * tpm2-tss 3.2's swtpm TCTI (libtss2-tcti-swtpm, Debian 12) reads the
  * response with a blocking read() and asks the control channel for a
@@ -24,10 +25,10 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <tss2/tss2_tcti.h>
+#include <tss2/tss2_tctildr.h>
 
 #define KH_TCTI_MAGIC 0x6b6874637469ULL /* "khtcti" */
 #define KH_TCTI_MAX_RESPONSE 4096
@@ -51,19 +52,12 @@ static kh_tcti *cast(TSS2_TCTI_CONTEXT *c)
     return t && t->v2.v1.magic == KH_TCTI_MAGIC ? t : NULL;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* Wait for events on fd for at most ms; true when they came. */
 static bool wait_fd(int fd, short events, int ms)
 {
-    double deadline = now_ms() + ms;
+    double deadline = kh_tpm_now_ms() + ms;
     for (;;) {
-        double left = deadline - now_ms();
+        double left = deadline - kh_tpm_now_ms();
         struct pollfd p = { .fd = fd, .events = events };
         int n = poll(&p, 1, left > 0 ? (int)left : 0);
         if (n > 0)
@@ -136,7 +130,7 @@ static TSS2_RC kh_tcti_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8
     if (rc != TSS2_RC_SUCCESS)
         return rc;
     size_t off = 0;
-    double deadline = now_ms() + t->io_timeout_ms;
+    double deadline = kh_tpm_now_ms() + t->io_timeout_ms;
     while (off < size) {
         ssize_t n = send(t->fd, cmd + off, size - off, MSG_NOSIGNAL);
         if (n > 0) {
@@ -145,7 +139,7 @@ static TSS2_RC kh_tcti_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8
         }
         if (n < 0 && errno == EINTR)
             continue;
-        double left = deadline - now_ms();
+        double left = deadline - kh_tpm_now_ms();
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && left > 0 &&
             wait_fd(t->fd, POLLOUT, (int)left))
             continue;
@@ -172,7 +166,7 @@ static TSS2_RC kh_tcti_receive(TSS2_TCTI_CONTEXT *ctx, size_t *size, uint8_t *re
     if (!t->receiving)
         return TSS2_TCTI_RC_BAD_SEQUENCE;
     int wait_ms = timeout == TSS2_TCTI_TIMEOUT_BLOCK || timeout < 0 ? (int)t->io_timeout_ms : timeout;
-    double deadline = now_ms() + wait_ms;
+    double deadline = kh_tpm_now_ms() + wait_ms;
     while (t->want == 0 || t->got < t->want) {
         size_t need = t->want ? t->want : KH_TCTI_HEADER;
         ssize_t n = recv(t->fd, t->resp + t->got, need - t->got, 0);
@@ -199,7 +193,7 @@ static TSS2_RC kh_tcti_receive(TSS2_TCTI_CONTEXT *ctx, size_t *size, uint8_t *re
             drop(t);
             return TSS2_TCTI_RC_IO_ERROR;
         }
-        double left = deadline - now_ms();
+        double left = deadline - kh_tpm_now_ms();
         if (left <= 0 || !wait_fd(t->fd, POLLIN, (int)left))
             return TSS2_TCTI_RC_TRY_AGAIN;
     }
@@ -328,4 +322,22 @@ void kh_tcti_swtpm_free(TSS2_TCTI_CONTEXT *ctx)
         return;
     drop(t);
     free(t);
+}
+
+TSS2_RC kh_tpm_tcti_open(TSS2_TCTI_CONTEXT **out, const char *conf, unsigned io_timeout_ms)
+{
+    if (kh_tcti_is_swtpm(conf))
+        return kh_tcti_swtpm_new(out, conf, io_timeout_ms);
+    TSS2_RC rc = Tss2_TctiLdr_Initialize(conf, out);
+    if (rc != TSS2_RC_SUCCESS)
+        *out = NULL;
+    return rc;
+}
+
+void kh_tpm_tcti_close(TSS2_TCTI_CONTEXT *ctx)
+{
+    if (cast(ctx))
+        kh_tcti_swtpm_free(ctx);
+    else if (ctx)
+        Tss2_TctiLdr_Finalize(&ctx);
 }

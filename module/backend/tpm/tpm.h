@@ -47,6 +47,14 @@ CK_RV kh_tpm_rv(TSS2_RC rc, kh_tpm_use use, const char *what);
 
 /* ---- the connection (conn.c) ---- */
 
+/* The backend's init, finalize and forked ops (keys.c's ops table). init
+ * makes the mutex only (the TPM is reached on first use); finalize flushes
+ * what this process loaded and disconnects; forked forgets the parent's
+ * connection without sending anything. */
+CK_RV kh_tpm_conn_init(void);
+void kh_tpm_conn_finalize(void);
+void kh_tpm_conn_forked(void);
+
 /*
  * Take the TPM lock and make sure the connection is up (connecting on first
  * use and after a failure). On failure the lock is released and
@@ -71,20 +79,16 @@ unsigned kh_tpm_timeout_ms(void);
 /* RSA key creation on a real TPM takes seconds to a minute: its deadline is this many times longer. */
 #define KH_TPM_CREATE_RSA_FACTOR 12
 
-/* Run a command started with Esys_*_Async to its end: fin calls the
- * matching Esys_*_Finish with arg. Gives up at the deadline (the connection
- * is then dropped) and returns TSS2_TCTI_RC_IO_ERROR. */
-TSS2_RC kh_tpm_wait_locked(TSS2_RC (*fin)(ESYS_CONTEXT *esys, void *arg), void *arg,
-                           unsigned timeout_ms, const char *what);
-/* The same, given what Esys_*_Async returned (async_rc): a failed start
- * that lost the transport, or left ESYS out of step, drops the connection
- * too. Every command goes through this. */
-TSS2_RC kh_tpm_run_locked(TSS2_RC async_rc, TSS2_RC (*fin)(ESYS_CONTEXT *esys, void *arg), void *arg,
-                          unsigned timeout_ms, const char *what);
+/* Run a command started with Esys_*_Async (which returned async_rc) to its
+ * end: fin calls the matching Esys_*_Finish with arg (kh_tpm_await). A
+ * command that loses the transport, leaves ESYS out of step, or misses the
+ * deadline (TSS2_TCTI_RC_IO_ERROR, logged with what) drops the connection.
+ * Every command goes through this. */
+TSS2_RC kh_tpm_run_locked(TSS2_RC async_rc, kh_tpm_fin *fin, void *arg, unsigned timeout_ms, const char *what);
 
-/* TPM capabilities this backend consults (read once per connection). */
+/* TPM capabilities key generation and mechanism info consult (read once
+ * per connection). */
 typedef struct kh_tpm_caps {
-    unsigned transient_avail;   /* TPM_PT_HR_TRANSIENT_AVAIL at connect */
     bool ecdsa, rsassa, rsapss;
     bool sha1, sha256, sha384, sha512;
     bool p256, p384;
@@ -100,9 +104,9 @@ CK_RV kh_tpm_caps_locked(kh_tpm_caps *caps);
  * Out: *tr, name. */
 TSS2_RC kh_tpm_parent_default_locked(ESYS_TR *tr, TPM2B_NAME *name);
 /* The parent whose Name is name. TSS2_RC_SUCCESS, or KH_TPM_RC_NO_PARENT
- * when neither the persistent primary nor the SRK-template primary of this
- * TPM has that Name (the object belongs to another TPM, or the TPM was
- * cleared). */
+ * when neither the persistent primary, nor another persistent storage key,
+ * nor the SRK-template primary of this TPM has that Name (the object
+ * belongs to another TPM, or the TPM was cleared). */
 TSS2_RC kh_tpm_parent_find_locked(ESYS_TR *tr, const TPM2B_NAME *name);
 /* The persistent object at handle h if it is a storage key. Out: *tr, name. */
 TSS2_RC kh_tpm_parent_persistent_locked(ESYS_TR *tr, TPM2B_NAME *name, uint32_t h);

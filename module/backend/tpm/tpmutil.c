@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void kh_tpm_srk_template(TPM2B_PUBLIC *out)
 {
@@ -128,4 +129,70 @@ bool kh_tpm_parse_persistent(uint32_t *out, const char *s)
         return false;
     *out = (uint32_t)v;
     return true;
+}
+
+bool kh_tpm_name_eq(const TPM2B_NAME *a, const TPM2B_NAME *b)
+{
+    return a->size == b->size && a->size <= sizeof a->name && memcmp(a->name, b->name, a->size) == 0;
+}
+
+double kh_tpm_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ---- awaiting asynchronous ESYS commands ---- */
+
+TSS2_RC kh_tpm_await(ESYS_CONTEXT *esys, bool *late, kh_tpm_fin *fin, void *arg, unsigned timeout_ms)
+{
+    double deadline = kh_tpm_now_ms() + timeout_ms;
+    *late = false;
+    for (;;) {
+        TSS2_RC rc = fin(esys, arg);
+        if ((rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER || (rc & ~TSS2_RC_LAYER_MASK) != TSS2_BASE_RC_TRY_AGAIN)
+            return rc;
+        if (kh_tpm_now_ms() > deadline) {
+            *late = true;
+            return TSS2_TCTI_RC_IO_ERROR;
+        }
+    }
+}
+
+TSS2_RC kh_tpm_fin_cap(ESYS_CONTEXT *esys, void *arg)
+{
+    kh_tpm_cap_out *o = arg;
+    return Esys_GetCapability_Finish(esys, &o->more, &o->data);
+}
+
+TSS2_RC kh_tpm_fin_from_public(ESYS_CONTEXT *esys, void *arg)
+{
+    return Esys_TR_FromTPMPublic_Finish(esys, arg);
+}
+
+TSS2_RC kh_tpm_fin_readpub(ESYS_CONTEXT *esys, void *arg)
+{
+    kh_tpm_readpub_out *o = arg;
+    return Esys_ReadPublic_Finish(esys, &o->pub, &o->name, &o->qname);
+}
+
+TSS2_RC kh_tpm_fin_primary(ESYS_CONTEXT *esys, void *arg)
+{
+    kh_tpm_primary_out *o = arg;
+    return Esys_CreatePrimary_Finish(esys, &o->tr, &o->pub, &o->cdata, &o->chash, &o->ticket);
+}
+
+TSS2_RC kh_tpm_fin_flush(ESYS_CONTEXT *esys, void *arg)
+{
+    (void)arg;
+    return Esys_FlushContext_Finish(esys);
+}
+
+void kh_tpm_primary_out_free(kh_tpm_primary_out *o)
+{
+    Esys_Free(o->pub);
+    Esys_Free(o->cdata);
+    Esys_Free(o->chash);
+    Esys_Free(o->ticket);
 }

@@ -2,7 +2,9 @@
  * TPM helpers without module state, shared by the tpm backend and the
  * keyhold tool (`keyhold tpm setup`, `keyhold doctor`): the primary's
  * template, what counts as a storage key, response-code bases, PCR
- * selections, and keyhold's configuration keys for the TPM.
+ * selections, and keyhold's configuration keys for the TPM; how a TCTI is
+ * opened and a command awaited against a deadline, and the ESYS finishers
+ * both run.
  */
 #ifndef KH_TPM_TPMUTIL_H
 #define KH_TPM_TPMUTIL_H
@@ -12,6 +14,7 @@
 #include <stdint.h>
 
 #include <tss2/tss2_common.h>
+#include <tss2/tss2_esys.h>
 #include <tss2/tss2_tcti.h>
 #include <tss2/tss2_tpm2_types.h>
 
@@ -62,7 +65,63 @@ bool kh_tpm_pcr_parse(TPML_PCR_SELECTION *sel, const char *s);
  * persistent handle (0x81000000..0x81FFFFFF). */
 bool kh_tpm_parse_persistent(uint32_t *out, const char *s);
 
-/* ---- a swtpm TCTI with deadlines (tcti.c) ---- */
+/* True when a and b are the same Name (a size out of range never matches). */
+bool kh_tpm_name_eq(const TPM2B_NAME *a, const TPM2B_NAME *b);
+
+/* CLOCK_MONOTONIC in milliseconds: what deadlines are measured against. */
+double kh_tpm_now_ms(void);
+
+/* ---- awaiting asynchronous ESYS commands ---- */
+
+/* A finisher: calls the Esys_*_Finish of one command with its outputs in arg. */
+typedef TSS2_RC kh_tpm_fin(ESYS_CONTEXT *esys, void *arg);
+
+/*
+ * Call fin until the command is done (anything but a TRY_AGAIN from below
+ * the TPM), for at most timeout_ms: the synchronous ESYS calls would wait
+ * for a silent TPM forever.
+ * Out: *late (the deadline passed first: ESYS is then out of step with the
+ * TPM and the connection is unusable).
+ * Returns fin's last result; TSS2_TCTI_RC_IO_ERROR when late.
+ */
+TSS2_RC kh_tpm_await(ESYS_CONTEXT *esys, bool *late, kh_tpm_fin *fin, void *arg, unsigned timeout_ms);
+
+/* The finishers that the module and the tool both run. arg is: */
+typedef struct kh_tpm_cap_out {         /* kh_tpm_fin_cap (data: Esys_Free) */
+    TPMI_YES_NO more;
+    TPMS_CAPABILITY_DATA *data;
+} kh_tpm_cap_out;
+typedef struct kh_tpm_readpub_out {     /* kh_tpm_fin_readpub (each: Esys_Free) */
+    TPM2B_PUBLIC *pub;
+    TPM2B_NAME *name, *qname;
+} kh_tpm_readpub_out;
+typedef struct kh_tpm_primary_out {     /* kh_tpm_fin_primary (kh_tpm_primary_out_free) */
+    ESYS_TR tr;
+    TPM2B_PUBLIC *pub;
+    TPM2B_CREATION_DATA *cdata;
+    TPM2B_DIGEST *chash;
+    TPMT_TK_CREATION *ticket;
+} kh_tpm_primary_out;
+TSS2_RC kh_tpm_fin_cap(ESYS_CONTEXT *esys, void *arg);         /* TPM2_GetCapability */
+TSS2_RC kh_tpm_fin_from_public(ESYS_CONTEXT *esys, void *arg); /* Esys_TR_FromTPMPublic; arg: ESYS_TR * */
+TSS2_RC kh_tpm_fin_readpub(ESYS_CONTEXT *esys, void *arg);     /* TPM2_ReadPublic */
+TSS2_RC kh_tpm_fin_primary(ESYS_CONTEXT *esys, void *arg);     /* TPM2_CreatePrimary */
+TSS2_RC kh_tpm_fin_flush(ESYS_CONTEXT *esys, void *arg);       /* TPM2_FlushContext; arg: unused */
+/* Free the outputs of TPM2_CreatePrimary but the handle (o->tr). */
+void kh_tpm_primary_out_free(kh_tpm_primary_out *o);
+
+/* ---- TCTIs (tcti.c) ---- */
+
+/*
+ * Open the TCTI that conf names: keyhold's swtpm TCTI below (with
+ * io_timeout_ms) for "swtpm..." configurations, the TCTI loader's for any
+ * other. Out: *out (kh_tpm_tcti_close; NULL on failure).
+ */
+TSS2_RC kh_tpm_tcti_open(TSS2_TCTI_CONTEXT **out, const char *conf, unsigned io_timeout_ms);
+/* Finalize and free a TCTI from kh_tpm_tcti_open (NULL: nothing). */
+void kh_tpm_tcti_close(TSS2_TCTI_CONTEXT *ctx);
+
+/* ---- a swtpm TCTI with deadlines ---- */
 
 /* True when conf names swtpm ("swtpm", "swtpm:path=...", "swtpm:host=..,port=.."). */
 bool kh_tcti_is_swtpm(const char *conf);
