@@ -397,7 +397,33 @@ static int kh_ctx_load(struct kh_ctx *c, const char *module)
     return KH_EXIT_OK;
 }
 
-/* Loads the module and opens a session on the token labelled token. */
+/* Fills c->tok with the only initialised token (what `remote add` uses
+ * without --token). */
+static int kh_ctx_only_token(struct kh_ctx *c)
+{
+    struct kh_p11_token *toks = NULL;
+    size_t n = 0, found = 0;
+    CK_RV rv = kh_p11_tokens(&c->p, &toks, &n);
+
+    if (rv != CKR_OK)
+        return kh_err_rv("C_GetSlotList", rv);
+    for (size_t i = 0; i < n; i++)
+        if (toks[i].info.flags & CKF_TOKEN_INITIALIZED) {
+            if (!found)
+                c->tok = toks[i];
+            found++;
+        }
+    free(toks);
+    if (found != 1) {
+        kh_err(found ? "there are %zu tokens: say which with --token"
+                     : "there is no token yet (keyhold init)", found);
+        return KH_EXIT_USAGE;
+    }
+    return KH_EXIT_OK;
+}
+
+/* Loads the module and opens a session on the token labelled token or,
+ * when token is NULL, on the only initialised token. */
 static int kh_ctx_open(struct kh_ctx *c, const char *module, const char *token, bool rw)
 {
     CK_FLAGS flags = CKF_SERIAL_SESSION | (rw ? CKF_RW_SESSION : 0);
@@ -406,13 +432,19 @@ static int kh_ctx_open(struct kh_ctx *c, const char *module, const char *token, 
 
     if (ret != KH_EXIT_OK)
         return ret;
-    rv = kh_p11_find_token(&c->p, token, &c->tok);
-    if (rv == CKR_TOKEN_NOT_PRESENT) {
-        kh_err("no token labelled '%s' (see 'keyhold list' or 'keyhold init')", token);
-        return KH_EXIT_FAIL;
+    if (!token) {
+        ret = kh_ctx_only_token(c);
+        if (ret != KH_EXIT_OK)
+            return ret;
+    } else {
+        rv = kh_p11_find_token(&c->p, token, &c->tok);
+        if (rv == CKR_TOKEN_NOT_PRESENT) {
+            kh_err("no token labelled '%s' (see 'keyhold list' or 'keyhold init')", token);
+            return KH_EXIT_FAIL;
+        }
+        if (rv != CKR_OK)
+            return kh_err_rv("C_GetTokenInfo", rv);
     }
-    if (rv != CKR_OK)
-        return kh_err_rv("C_GetTokenInfo", rv);
     rv = c->p.f->C_OpenSession(c->tok.slot, flags, NULL, NULL, &c->s);
     if (rv != CKR_OK)
         return kh_err_rv("C_OpenSession", rv);
@@ -486,12 +518,45 @@ static int kh_check_label_free(struct kh_ctx *c, const char *label)
     return KH_EXIT_OK;
 }
 
-/* Parses --id: hex, optional 0x, 1..KH_ID_MAX bytes. */
-static bool kh_parse_id(uint8_t *id, size_t *len, const char *s)
+/*
+ * Opens a read-write session on --token (the only initialised token
+ * without it) and logs the user in (kh_ctx_login, terminal allowed). When
+ * new_label is not NULL, also fails when the token already has an object
+ * labelled new_label: the key-making commands refuse a taken label.
+ */
+static int kh_ctx_open_user(struct kh_ctx *c, const struct kh_opts *o, const char *new_label)
 {
-    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
-        s += 2;
-    return kh_hex_decode(id, len, KH_ID_MAX, s, strlen(s)) && *len > 0;
+    int ret = kh_ctx_open(c, o->module, o->token, true);
+
+    if (ret == KH_EXIT_OK)
+        ret = kh_ctx_login(c, o->pin_file, KH_PIN_PROMPT);
+    if (ret == KH_EXIT_OK && new_label)
+        ret = kh_check_label_free(c, new_label);
+    return ret;
+}
+
+/*
+ * Checks what every key-making command is given: --id id_arg (hex, optional
+ * 0x, 1..KH_ID_MAX bytes; NULL leaves *id_len 0) and a non-empty label.
+ * Returns KH_EXIT_OK or KH_EXIT_USAGE (said why).
+ */
+static int kh_key_args(uint8_t id[KH_ID_MAX], size_t *id_len, const char *id_arg, const char *label)
+{
+    *id_len = 0;
+    if (id_arg) {
+        const char *s = id_arg;
+        if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+            s += 2;
+        if (!kh_hex_decode(id, id_len, KH_ID_MAX, s, strlen(s)) || *id_len == 0) {
+            kh_err("--id must be 1 to %d bytes of hex", KH_ID_MAX);
+            return KH_EXIT_USAGE;
+        }
+    }
+    if (label[0] == '\0') {
+        kh_err("the label must not be empty");
+        return KH_EXIT_USAGE;
+    }
+    return KH_EXIT_OK;
 }
 
 /* Prints the URI of an object. */
@@ -516,6 +581,41 @@ static void kh_attr_add(CK_ATTRIBUTE *tmpl, CK_ULONG *n, CK_ATTRIBUTE_TYPE type,
     tmpl[*n].pValue = (void *)val;
     tmpl[*n].ulValueLen = (CK_ULONG)len;
     (*n)++;
+}
+
+/* Values the key templates point to. */
+static CK_BBOOL kh_true = CK_TRUE;
+static CK_OBJECT_CLASS kh_class_private = CKO_PRIVATE_KEY;
+static CK_OBJECT_CLASS kh_class_public = CKO_PUBLIC_KEY;
+
+/* Starts the template of a token private key that signs: class, key type
+ * (when ktype is not NULL), token, private, sensitive, sign, label. At
+ * most 7 entries; the caller adds the rest. */
+static void kh_private_template(CK_ATTRIBUTE *t, CK_ULONG *n, const CK_KEY_TYPE *ktype,
+                                const char *label)
+{
+    kh_attr_add(t, n, CKA_CLASS, &kh_class_private, sizeof kh_class_private);
+    if (ktype)
+        kh_attr_add(t, n, CKA_KEY_TYPE, ktype, sizeof *ktype);
+    kh_attr_add(t, n, CKA_TOKEN, &kh_true, sizeof kh_true);
+    kh_attr_add(t, n, CKA_PRIVATE, &kh_true, sizeof kh_true);
+    kh_attr_add(t, n, CKA_SENSITIVE, &kh_true, sizeof kh_true);
+    kh_attr_add(t, n, CKA_SIGN, &kh_true, sizeof kh_true);
+    kh_attr_add(t, n, CKA_LABEL, label, strlen(label));
+}
+
+/* Starts the template of a token public key that verifies: class, key type
+ * (when ktype is not NULL), token, verify, label, id. At most 6 entries. */
+static void kh_public_template(CK_ATTRIBUTE *t, CK_ULONG *n, const CK_KEY_TYPE *ktype,
+                               const char *label, const uint8_t *id, size_t id_len)
+{
+    kh_attr_add(t, n, CKA_CLASS, &kh_class_public, sizeof kh_class_public);
+    if (ktype)
+        kh_attr_add(t, n, CKA_KEY_TYPE, ktype, sizeof *ktype);
+    kh_attr_add(t, n, CKA_TOKEN, &kh_true, sizeof kh_true);
+    kh_attr_add(t, n, CKA_VERIFY, &kh_true, sizeof kh_true);
+    kh_attr_add(t, n, CKA_LABEL, label, strlen(label));
+    kh_attr_add(t, n, CKA_ID, id, id_len);
 }
 
 /* ---- init -------------------------------------------------------------- */
@@ -668,9 +768,7 @@ static bool kh_parse_backend(const char *s, CK_ULONG *backend)
 
 static int kh_cmd_keygen(const struct kh_opts *o)
 {
-    static CK_BBOOL yes = CK_TRUE;
     static CK_BYTE f4[] = { 0x01, 0x00, 0x01 };
-    CK_OBJECT_CLASS pub_cls = CKO_PUBLIC_KEY, priv_cls = CKO_PRIVATE_KEY;
     CK_ATTRIBUTE pub_t[8], priv_t[12];
     CK_ULONG npub = 0, npriv = 0, bits = 0, backend = 0;
     CK_MECHANISM mech = { 0, NULL, 0 };
@@ -698,26 +796,15 @@ static int kh_cmd_keygen(const struct kh_opts *o)
         kh_err("unknown backend '%s' (vault, tpm, remote)", o->backend);
         return KH_EXIT_USAGE;
     }
-    if (o->id && !kh_parse_id(id, &id_len, o->id)) {
-        kh_err("--id must be 1 to %d bytes of hex", KH_ID_MAX);
-        return KH_EXIT_USAGE;
-    }
-    if (o->label[0] == '\0') {
-        kh_err("the label must not be empty");
-        return KH_EXIT_USAGE;
-    }
+    ret = kh_key_args(id, &id_len, o->id, o->label);
+    if (ret != KH_EXIT_OK)
+        return ret;
     if (o->pcr && (!o->backend || backend != CKV_KH_BACKEND_TPM)) {
         kh_err("--pcr makes a TPM key: it needs --backend tpm");
         return KH_EXIT_USAGE;
     }
 
-    ret = kh_ctx_open(&c, o->module, o->token, true);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_ctx_login(&c, o->pin_file, KH_PIN_PROMPT);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_check_label_free(&c, o->label);
+    ret = kh_ctx_open_user(&c, o, o->label);
     if (ret != KH_EXIT_OK)
         goto out;
     if (id_len == 0) {
@@ -729,17 +816,8 @@ static int kh_cmd_keygen(const struct kh_opts *o)
         id_len = KH_DEFAULT_ID_LEN;
     }
 
-    kh_attr_add(pub_t, &npub, CKA_CLASS, &pub_cls, sizeof pub_cls);
-    kh_attr_add(pub_t, &npub, CKA_TOKEN, &yes, sizeof yes);
-    kh_attr_add(pub_t, &npub, CKA_VERIFY, &yes, sizeof yes);
-    kh_attr_add(pub_t, &npub, CKA_LABEL, o->label, strlen(o->label));
-    kh_attr_add(pub_t, &npub, CKA_ID, id, id_len);
-    kh_attr_add(priv_t, &npriv, CKA_CLASS, &priv_cls, sizeof priv_cls);
-    kh_attr_add(priv_t, &npriv, CKA_TOKEN, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_PRIVATE, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_SENSITIVE, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_SIGN, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_LABEL, o->label, strlen(o->label));
+    kh_public_template(pub_t, &npub, NULL, o->label, id, id_len);
+    kh_private_template(priv_t, &npriv, NULL, o->label);
     kh_attr_add(priv_t, &npriv, CKA_ID, id, id_len);
     if (o->backend)
         kh_attr_add(priv_t, &npriv, CKA_KH_BACKEND, &backend, sizeof backend);
@@ -774,6 +852,16 @@ out:
 }
 
 /* ---- import ------------------------------------------------------------ */
+
+/* Wipes (all of it, whatever was read) and frees a kh_read_secret_file
+ * buffer; NULL is fine. */
+static void kh_secret_file_free(char *buf)
+{
+    if (buf) {
+        kh_wipe(buf, KH_IMPORT_MAX + 1);
+        free(buf);
+    }
+}
 
 /* Reads a whole file ('-' = stdin) of at most KH_IMPORT_MAX bytes into one
  * buffer allocated up front (no realloc: no stray copies of a secret). */
@@ -816,10 +904,7 @@ static int kh_read_secret_file(const char *path, char **buf, size_t *len)
     return KH_EXIT_OK;
 
 fail:
-    if (b) {
-        kh_wipe(b, KH_IMPORT_MAX + 1);
-        free(b);
-    }
+    kh_secret_file_free(b);
     if (!is_stdin)
         fclose(f);
     return KH_EXIT_FAIL;
@@ -916,27 +1001,102 @@ static uint8_t *kh_der_octets(const uint8_t *in, size_t len, size_t *outlen)
 }
 
 /*
+ * Creates the public key object of a key pair whose private key is on the
+ * token: key type ktype, label, id, and pub's key material (RSA modulus and
+ * exponent, or the curve and the DER-wrapped point).
+ */
+static int kh_create_public(struct kh_ctx *c, CK_KEY_TYPE ktype, const char *label,
+                            const uint8_t *id, size_t id_len, const struct kh_pubkey *pub)
+{
+    CK_ATTRIBUTE t[8];
+    CK_ULONG n = 0;
+    CK_OBJECT_HANDLE h;
+    const uint8_t *params = NULL;
+    uint8_t *point_der = NULL;
+    size_t params_len = 0, point_der_len = 0;
+    int ret = KH_EXIT_FAIL;
+    CK_RV rv;
+
+    kh_public_template(t, &n, &ktype, label, id, id_len);
+    if (pub->kind == KH_KEY_RSA) {
+        kh_attr_add(t, &n, CKA_MODULUS, pub->n, pub->n_len);
+        kh_attr_add(t, &n, CKA_PUBLIC_EXPONENT, pub->e, pub->e_len);
+    } else {
+        if (!kh_keykind_ec_params(pub->kind, &params, &params_len)) {
+            kh_err("the module reports an EC key of an unknown curve");
+            return KH_EXIT_FAIL;
+        }
+        point_der = kh_der_octets(pub->point, pub->point_len, &point_der_len);
+        if (!point_der) {
+            kh_err("out of memory");
+            return KH_EXIT_FAIL;
+        }
+        kh_attr_add(t, &n, CKA_EC_PARAMS, params, params_len);
+        kh_attr_add(t, &n, CKA_EC_POINT, point_der, point_der_len);
+    }
+    rv = c->p.f->C_CreateObject(c->s, t, n, &h);
+    if (rv != CKR_OK)
+        kh_err_rv("C_CreateObject (public key)", rv);
+    else
+        ret = KH_EXIT_OK;
+    free(point_der);
+    return ret;
+}
+
+/*
+ * Reads back the public key of hpriv, a private key object the module
+ * just made and filled in itself (TPM, remote); what names it in messages
+ * ("new private key"). Out: pub; *ktype (when not NULL) its key type. When
+ * *id_len is 0, keyhold's default CKA_ID is derived from pub into id and
+ * set on hpriv.
+ */
+static int kh_read_back(struct kh_ctx *c, CK_OBJECT_HANDLE hpriv, const char *what,
+                        struct kh_pubkey *pub, CK_KEY_TYPE *ktype, uint8_t *id, size_t *id_len)
+{
+    struct kh_p11_key desc;
+    CK_ATTRIBUTE set = { CKA_ID, id, KH_DEFAULT_ID_LEN };
+    char msg[96];
+    CK_RV rv = kh_p11_describe(&c->p, c->s, hpriv, &desc);
+
+    if (rv == CKR_OK) {
+        rv = kh_p11_read_pubkey(&c->p, c->s, hpriv, desc.kind, pub);
+        if (ktype)
+            *ktype = desc.key_type;
+        kh_p11_key_clear(&desc);
+    }
+    if (rv != CKR_OK) {
+        snprintf(msg, sizeof msg, "reading the public key of the %s", what);
+        return kh_err_rv(msg, rv);
+    }
+    if (*id_len > 0)
+        return KH_EXIT_OK;
+    if (!kh_pubkey_default_id(id, pub)) {
+        kh_err("cannot derive a CKA_ID from the public key");
+        return KH_EXIT_FAIL;
+    }
+    *id_len = KH_DEFAULT_ID_LEN;
+    rv = c->p.f->C_SetAttributeValue(c->s, hpriv, &set, 1);
+    if (rv != CKR_OK)
+        return kh_err_rv("C_SetAttributeValue (CKA_ID)", rv);
+    return KH_EXIT_OK;
+}
+
+/*
  * Adopts a TPM key made by `tpm2_create -u PUB -r PRIV`: the private key
  * object from CKA_KH_TPM_PUBLIC/PRIVATE (+ AUTH, PARENT), the public key
  * object from what the module reports for it.
  */
 static int kh_cmd_import_tpm(const struct kh_opts *o)
 {
-    static CK_BBOOL yes = CK_TRUE;
-    CK_OBJECT_CLASS priv_cls = CKO_PRIVATE_KEY, pub_cls = CKO_PUBLIC_KEY;
     CK_KEY_TYPE ktype;
-    CK_ATTRIBUTE priv_t[14], pub_t[10];
-    CK_ULONG npriv = 0, npub = 0, parent = 0;
-    CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE, hpub;
-    struct kh_p11_key desc = { 0 };
+    CK_ATTRIBUTE priv_t[14];
+    CK_ULONG npriv = 0, parent = 0;
+    CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE;
     struct kh_pubkey back = { 0 };
     struct kh_ctx c;
     uint8_t id[KH_ID_MAX];
-    size_t id_len = 0, pub_len = 0, priv_len = 0, auth_len = 0, point_der_len = 0;
+    size_t id_len = 0, pub_len = 0, priv_len = 0, auth_len = 0;
     char *pubf = NULL, *privf = NULL, *auth = NULL;
-    uint8_t *point_der = NULL;
-    const uint8_t *params = NULL;
-    size_t params_len = 0;
     int ret;
     CK_RV rv;
 
@@ -945,14 +1105,9 @@ static int kh_cmd_import_tpm(const struct kh_opts *o)
         kh_err("--tpm-pub needs --tpm-priv");
         return KH_EXIT_USAGE;
     }
-    if (o->id && !kh_parse_id(id, &id_len, o->id)) {
-        kh_err("--id must be 1 to %d bytes of hex", KH_ID_MAX);
-        return KH_EXIT_USAGE;
-    }
-    if (o->label[0] == '\0') {
-        kh_err("the label must not be empty");
-        return KH_EXIT_USAGE;
-    }
+    ret = kh_key_args(id, &id_len, o->id, o->label);
+    if (ret != KH_EXIT_OK)
+        return ret;
     if (o->tpm_parent) {
         uint32_t h;
         if (!kh_tpm_parse_persistent(&h, o->tpm_parent)) {
@@ -977,24 +1132,12 @@ static int kh_cmd_import_tpm(const struct kh_opts *o)
         goto out;
     }
 
-    ret = kh_ctx_open(&c, o->module, o->token, true);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_ctx_login(&c, o->pin_file, KH_PIN_PROMPT);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_check_label_free(&c, o->label);
+    ret = kh_ctx_open_user(&c, o, o->label);
     if (ret != KH_EXIT_OK)
         goto out;
     ret = KH_EXIT_FAIL;
 
-    kh_attr_add(priv_t, &npriv, CKA_CLASS, &priv_cls, sizeof priv_cls);
-    kh_attr_add(priv_t, &npriv, CKA_KEY_TYPE, &ktype, sizeof ktype);
-    kh_attr_add(priv_t, &npriv, CKA_TOKEN, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_PRIVATE, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_SENSITIVE, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_SIGN, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_LABEL, o->label, strlen(o->label));
+    kh_private_template(priv_t, &npriv, &ktype, o->label);
     if (id_len)
         kh_attr_add(priv_t, &npriv, CKA_ID, id, id_len);
     kh_attr_add(priv_t, &npriv, CKA_KH_TPM_PUBLIC, pubf, pub_len);
@@ -1011,46 +1154,9 @@ static int kh_cmd_import_tpm(const struct kh_opts *o)
                    " or not a signing key (KEYHOLD_LOG=info tells more)");
         goto out;
     }
-    rv = kh_p11_describe(&c.p, c.s, hpriv, &desc);
-    if (rv == CKR_OK)
-        rv = kh_p11_read_pubkey(&c.p, c.s, hpriv, desc.kind, &back);
-    if (rv != CKR_OK) {
-        kh_err_rv("reading the public key of the new private key", rv);
+    if (kh_read_back(&c, hpriv, "new private key", &back, NULL, id, &id_len) != KH_EXIT_OK ||
+        kh_create_public(&c, ktype, o->label, id, id_len, &back) != KH_EXIT_OK)
         goto out_destroy;
-    }
-    if (id_len == 0) {
-        CK_ATTRIBUTE a = { CKA_ID, id, KH_DEFAULT_ID_LEN };
-        kh_pubkey_default_id(id, &back);
-        id_len = KH_DEFAULT_ID_LEN;
-        rv = c.p.f->C_SetAttributeValue(c.s, hpriv, &a, 1);
-        if (rv != CKR_OK) {
-            kh_err_rv("C_SetAttributeValue (CKA_ID)", rv);
-            goto out_destroy;
-        }
-    }
-    kh_attr_add(pub_t, &npub, CKA_CLASS, &pub_cls, sizeof pub_cls);
-    kh_attr_add(pub_t, &npub, CKA_KEY_TYPE, &ktype, sizeof ktype);
-    kh_attr_add(pub_t, &npub, CKA_TOKEN, &yes, sizeof yes);
-    kh_attr_add(pub_t, &npub, CKA_VERIFY, &yes, sizeof yes);
-    kh_attr_add(pub_t, &npub, CKA_LABEL, o->label, strlen(o->label));
-    kh_attr_add(pub_t, &npub, CKA_ID, id, id_len);
-    if (ktype == CKK_RSA) {
-        kh_attr_add(pub_t, &npub, CKA_MODULUS, back.n, back.n_len);
-        kh_attr_add(pub_t, &npub, CKA_PUBLIC_EXPONENT, back.e, back.e_len);
-    } else {
-        point_der = kh_der_octets(back.point, back.point_len, &point_der_len);
-        if (!point_der || !kh_keykind_ec_params(desc.kind, &params, &params_len)) {
-            kh_err("the module reports an EC key of an unknown curve");
-            goto out_destroy;
-        }
-        kh_attr_add(pub_t, &npub, CKA_EC_PARAMS, params, params_len);
-        kh_attr_add(pub_t, &npub, CKA_EC_POINT, point_der, point_der_len);
-    }
-    rv = c.p.f->C_CreateObject(c.s, pub_t, npub, &hpub);
-    if (rv != CKR_OK) {
-        kh_err_rv("C_CreateObject (public key)", rv);
-        goto out_destroy;
-    }
     ret = kh_print_uri(&c, o->label, id, id_len, CKO_PRIVATE_KEY);
     goto out;
 
@@ -1059,17 +1165,9 @@ out_destroy:
     if (rv != CKR_OK)
         kh_err_rv("C_DestroyObject (removing the half-imported private key)", rv);
 out:
-    free(point_der);
     kh_pubkey_clear(&back);
-    kh_p11_key_clear(&desc);
-    if (auth) {
-        kh_wipe(auth, KH_IMPORT_MAX + 1);
-        free(auth);
-    }
-    if (privf) {
-        kh_wipe(privf, KH_IMPORT_MAX + 1);
-        free(privf);
-    }
+    kh_secret_file_free(auth);
+    kh_secret_file_free(privf);
     free(pubf);
     kh_wipe(priv_t, sizeof priv_t);
     kh_ctx_close(&c);
@@ -1078,18 +1176,15 @@ out:
 
 static int kh_cmd_import(const struct kh_opts *o)
 {
-    static CK_BBOOL yes = CK_TRUE;
-    CK_OBJECT_CLASS priv_cls = CKO_PRIVATE_KEY, pub_cls = CKO_PUBLIC_KEY;
     CK_KEY_TYPE ktype;
-    CK_ATTRIBUTE priv_t[20], pub_t[12];
-    CK_ULONG npriv = 0, npub = 0;
-    CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE, hpub;
+    CK_ATTRIBUTE priv_t[20];
+    CK_ULONG npriv = 0;
+    CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE;
     struct kh_privkey key;
     struct kh_pubkey back = { 0 };
     struct kh_ctx c;
     uint8_t id[KH_ID_MAX];
-    size_t id_len = 0, file_len = 0, point_der_len = 0;
-    uint8_t *point_der = NULL;
+    size_t id_len = 0, file_len = 0;
     const uint8_t *params = NULL;
     size_t params_len = 0;
     char *file = NULL;
@@ -1104,20 +1199,14 @@ static int kh_cmd_import(const struct kh_opts *o)
         kh_err("--tpm-priv, --tpm-auth-file and --tpm-parent go with --tpm-pub");
         return KH_EXIT_USAGE;
     }
-    if (o->id && !kh_parse_id(id, &id_len, o->id)) {
-        kh_err("--id must be 1 to %d bytes of hex", KH_ID_MAX);
-        return KH_EXIT_USAGE;
-    }
-    if (o->label[0] == '\0') {
-        kh_err("the label must not be empty");
-        return KH_EXIT_USAGE;
-    }
+    ret = kh_key_args(id, &id_len, o->id, o->label);
+    if (ret != KH_EXIT_OK)
+        return ret;
     ret = kh_read_secret_file(o->import_file, &file, &file_len);
     if (ret != KH_EXIT_OK)
         return ret;
     ret = kh_import_parse(&key, o->import_kind, file, file_len);
-    kh_wipe(file, KH_IMPORT_MAX + 1);
-    free(file);
+    kh_secret_file_free(file);
     if (ret != KH_EXIT_OK)
         goto out;
     if (id_len == 0) {
@@ -1125,32 +1214,14 @@ static int kh_cmd_import(const struct kh_opts *o)
         id_len = KH_DEFAULT_ID_LEN;
     }
 
-    ret = kh_ctx_open(&c, o->module, o->token, true);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_ctx_login(&c, o->pin_file, KH_PIN_PROMPT);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_check_label_free(&c, o->label);
+    ret = kh_ctx_open_user(&c, o, o->label);
     if (ret != KH_EXIT_OK)
         goto out;
     ret = KH_EXIT_FAIL;
 
     ktype = key.kind == KH_KEY_RSA ? CKK_RSA : key.kind == KH_KEY_ED25519 ? CKK_EC_EDWARDS : CKK_EC;
-    kh_attr_add(priv_t, &npriv, CKA_CLASS, &priv_cls, sizeof priv_cls);
-    kh_attr_add(priv_t, &npriv, CKA_KEY_TYPE, &ktype, sizeof ktype);
-    kh_attr_add(priv_t, &npriv, CKA_TOKEN, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_PRIVATE, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_SENSITIVE, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_SIGN, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_LABEL, o->label, strlen(o->label));
+    kh_private_template(priv_t, &npriv, &ktype, o->label);
     kh_attr_add(priv_t, &npriv, CKA_ID, id, id_len);
-    kh_attr_add(pub_t, &npub, CKA_CLASS, &pub_cls, sizeof pub_cls);
-    kh_attr_add(pub_t, &npub, CKA_KEY_TYPE, &ktype, sizeof ktype);
-    kh_attr_add(pub_t, &npub, CKA_TOKEN, &yes, sizeof yes);
-    kh_attr_add(pub_t, &npub, CKA_VERIFY, &yes, sizeof yes);
-    kh_attr_add(pub_t, &npub, CKA_LABEL, o->label, strlen(o->label));
-    kh_attr_add(pub_t, &npub, CKA_ID, id, id_len);
     if (key.kind == KH_KEY_RSA) {
         static const CK_ATTRIBUTE_TYPE parts[KH_RSA_NPARTS] = {
             CKA_PRIVATE_EXPONENT, CKA_PRIME_1, CKA_PRIME_2,
@@ -1164,7 +1235,6 @@ static int kh_cmd_import(const struct kh_opts *o)
         kh_keykind_ec_params(key.kind, &params, &params_len);
         kh_attr_add(priv_t, &npriv, CKA_EC_PARAMS, params, params_len);
         kh_attr_add(priv_t, &npriv, CKA_VALUE, key.value, key.value_len);
-        kh_attr_add(pub_t, &npub, CKA_EC_PARAMS, params, params_len);
     }
 
     rv = c.p.f->C_CreateObject(c.s, priv_t, npriv, &hpriv);
@@ -1187,22 +1257,8 @@ static int kh_cmd_import(const struct kh_opts *o)
         kh_err("the module reports a different public key than the imported private key has");
         goto out_destroy;
     }
-    if (key.kind == KH_KEY_RSA) {
-        kh_attr_add(pub_t, &npub, CKA_MODULUS, back.n, back.n_len);
-        kh_attr_add(pub_t, &npub, CKA_PUBLIC_EXPONENT, back.e, back.e_len);
-    } else {
-        point_der = kh_der_octets(back.point, back.point_len, &point_der_len);
-        if (!point_der) {
-            kh_err("out of memory");
-            goto out_destroy;
-        }
-        kh_attr_add(pub_t, &npub, CKA_EC_POINT, point_der, point_der_len);
-    }
-    rv = c.p.f->C_CreateObject(c.s, pub_t, npub, &hpub);
-    if (rv != CKR_OK) {
-        kh_err_rv("C_CreateObject (public key)", rv);
+    if (kh_create_public(&c, ktype, o->label, id, id_len, &back) != KH_EXIT_OK)
         goto out_destroy;
-    }
     ret = kh_print_uri(&c, o->label, id, id_len, CKO_PRIVATE_KEY);
     goto out;
 
@@ -1211,7 +1267,6 @@ out_destroy:
     if (rv != CKR_OK)
         kh_err_rv("C_DestroyObject (removing the half-imported private key)", rv);
 out:
-    free(point_der);
     kh_pubkey_clear(&back);
     kh_privkey_clear(&key);
     kh_wipe(priv_t, sizeof priv_t);
@@ -1221,60 +1276,18 @@ out:
 
 /* ---- remote add -------------------------------------------------------- */
 
-/* The token to register on: --token, or the only initialised one. */
-static int kh_remote_token(const char *module, const char *token, char *name, size_t namelen)
-{
-    if (token) {
-        snprintf(name, namelen, "%s", token);
-        return KH_EXIT_OK;
-    }
-    struct kh_p11 p;
-    struct kh_p11_token *toks = NULL;
-    size_t n = 0, found = 0;
-    char err[4200];
-    CK_RV rv = kh_p11_open(&p, module, err, sizeof err);
-    if (rv != CKR_OK) {
-        kh_err("%s", err);
-        return KH_EXIT_FAIL;
-    }
-    rv = kh_p11_tokens(&p, &toks, &n);
-    if (rv != CKR_OK) {
-        kh_p11_close(&p);
-        return kh_err_rv("C_GetSlotList", rv);
-    }
-    for (size_t i = 0; i < n; i++)
-        if (toks[i].info.flags & CKF_TOKEN_INITIALIZED) {
-            if (!found)
-                snprintf(name, namelen, "%s", toks[i].label);
-            found++;
-        }
-    free(toks);
-    kh_p11_close(&p);
-    if (found != 1) {
-        kh_err(found ? "there are %zu tokens: say which with --token"
-                     : "there is no token yet (keyhold init)", found);
-        return KH_EXIT_USAGE;
-    }
-    return KH_EXIT_OK;
-}
-
 static int kh_cmd_remote_add(const struct kh_opts *o)
 {
-    static CK_BBOOL yes = CK_TRUE;
-    CK_OBJECT_CLASS priv_cls = CKO_PRIVATE_KEY, pub_cls = CKO_PUBLIC_KEY;
     CK_ULONG backend = CKV_KH_BACKEND_REMOTE;
-    CK_ATTRIBUTE priv_t[10], pub_t[12];
-    CK_ULONG npriv = 0, npub = 0;
-    CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE, hpub;
-    struct kh_p11_key info = { 0 };
+    CK_KEY_TYPE ktype = CK_UNAVAILABLE_INFORMATION;
+    CK_ATTRIBUTE priv_t[10];
+    CK_ULONG npriv = 0;
+    CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE;
     struct kh_pubkey pub = { 0 };
     struct kh_ctx c;
     uint8_t id[KH_ID_MAX];
-    size_t id_len = 0, point_der_len = 0;
-    uint8_t *point_der = NULL;
-    const uint8_t *params = NULL;
-    size_t params_len = 0;
-    char token[33], *ref = NULL;
+    size_t id_len = 0;
+    char *ref = NULL;
     const char *driver = o->driver ? o->driver : "signer";
     const char *label = o->label ? o->label : o->key;
     int ret;
@@ -1294,14 +1307,9 @@ static int kh_cmd_remote_add(const struct kh_opts *o)
         kh_err("remote add: --url is for the built-in signer driver; a plugin's --key is its whole reference");
         return KH_EXIT_USAGE;
     }
-    if (o->id && !kh_parse_id(id, &id_len, o->id)) {
-        kh_err("--id must be 1 to %d bytes of hex", KH_ID_MAX);
-        return KH_EXIT_USAGE;
-    }
-    if (label[0] == '\0') {
-        kh_err("the label must not be empty");
-        return KH_EXIT_USAGE;
-    }
+    ret = kh_key_args(id, &id_len, o->id, label);
+    if (ret != KH_EXIT_OK)
+        return ret;
     size_t ref_len = strlen(driver) + 1 + (o->url ? strlen(o->url) + 1 : 0) + strlen(o->key);
     ref = malloc(ref_len + 1);
     if (!ref) {
@@ -1313,26 +1321,12 @@ static int kh_cmd_remote_add(const struct kh_opts *o)
     else
         snprintf(ref, ref_len + 1, "%s:%s", driver, o->key);
 
-    ret = kh_remote_token(o->module, o->token, token, sizeof token);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_ctx_open(&c, o->module, token, true);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_ctx_login(&c, o->pin_file, KH_PIN_PROMPT);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_check_label_free(&c, label);
+    ret = kh_ctx_open_user(&c, o, label);
     if (ret != KH_EXIT_OK)
         goto out;
     ret = KH_EXIT_FAIL;
 
-    kh_attr_add(priv_t, &npriv, CKA_CLASS, &priv_cls, sizeof priv_cls);
-    kh_attr_add(priv_t, &npriv, CKA_TOKEN, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_PRIVATE, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_SENSITIVE, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_SIGN, &yes, sizeof yes);
-    kh_attr_add(priv_t, &npriv, CKA_LABEL, label, strlen(label));
+    kh_private_template(priv_t, &npriv, NULL, label);
     kh_attr_add(priv_t, &npriv, CKA_KH_BACKEND, &backend, sizeof backend);
     kh_attr_add(priv_t, &npriv, CKA_KH_REMOTE_REF, ref, strlen(ref));
     if (id_len)
@@ -1350,50 +1344,9 @@ static int kh_cmd_remote_add(const struct kh_opts *o)
     }
 
     /* The public key the module fetched: the public object gets the same. */
-    rv = kh_p11_describe(&c.p, c.s, hpriv, &info);
-    if (rv == CKR_OK)
-        rv = kh_p11_read_pubkey(&c.p, c.s, hpriv, info.kind, &pub);
-    if (rv != CKR_OK) {
-        kh_err_rv("reading the public key of the new remote key", rv);
+    if (kh_read_back(&c, hpriv, "new remote key", &pub, &ktype, id, &id_len) != KH_EXIT_OK ||
+        kh_create_public(&c, ktype, label, id, id_len, &pub) != KH_EXIT_OK)
         goto out_destroy;
-    }
-    if (id_len == 0) {
-        CK_ATTRIBUTE set = { CKA_ID, id, KH_DEFAULT_ID_LEN };
-        if (!kh_pubkey_default_id(id, &pub)) {
-            kh_err("cannot derive a CKA_ID from the public key");
-            goto out_destroy;
-        }
-        id_len = KH_DEFAULT_ID_LEN;
-        rv = c.p.f->C_SetAttributeValue(c.s, hpriv, &set, 1);
-        if (rv != CKR_OK) {
-            kh_err_rv("C_SetAttributeValue (CKA_ID)", rv);
-            goto out_destroy;
-        }
-    }
-    kh_attr_add(pub_t, &npub, CKA_CLASS, &pub_cls, sizeof pub_cls);
-    kh_attr_add(pub_t, &npub, CKA_KEY_TYPE, &info.key_type, sizeof info.key_type);
-    kh_attr_add(pub_t, &npub, CKA_TOKEN, &yes, sizeof yes);
-    kh_attr_add(pub_t, &npub, CKA_VERIFY, &yes, sizeof yes);
-    kh_attr_add(pub_t, &npub, CKA_LABEL, label, strlen(label));
-    kh_attr_add(pub_t, &npub, CKA_ID, id, id_len);
-    if (pub.kind == KH_KEY_RSA) {
-        kh_attr_add(pub_t, &npub, CKA_MODULUS, pub.n, pub.n_len);
-        kh_attr_add(pub_t, &npub, CKA_PUBLIC_EXPONENT, pub.e, pub.e_len);
-    } else {
-        kh_keykind_ec_params(pub.kind, &params, &params_len);
-        point_der = kh_der_octets(pub.point, pub.point_len, &point_der_len);
-        if (!params || !point_der) {
-            kh_err("out of memory");
-            goto out_destroy;
-        }
-        kh_attr_add(pub_t, &npub, CKA_EC_PARAMS, params, params_len);
-        kh_attr_add(pub_t, &npub, CKA_EC_POINT, point_der, point_der_len);
-    }
-    rv = c.p.f->C_CreateObject(c.s, pub_t, npub, &hpub);
-    if (rv != CKR_OK) {
-        kh_err_rv("C_CreateObject (public key)", rv);
-        goto out_destroy;
-    }
     ret = kh_print_uri(&c, label, id, id_len, CKO_PRIVATE_KEY);
     goto out;
 
@@ -1402,10 +1355,8 @@ out_destroy:
     if (rv != CKR_OK)
         kh_err_rv("C_DestroyObject (removing the half-registered private key)", rv);
 out:
-    free(point_der);
     free(ref);
     kh_pubkey_clear(&pub);
-    kh_p11_key_clear(&info);
     kh_ctx_close(&c);
     return ret;
 }
@@ -1730,10 +1681,7 @@ static int kh_cmd_delete(const struct kh_opts *o)
     unsigned long deleted = 0;
     int ret;
 
-    ret = kh_ctx_open(&c, o->module, o->token, true);
-    if (ret != KH_EXIT_OK)
-        goto out;
-    ret = kh_ctx_login(&c, o->pin_file, KH_PIN_PROMPT);
+    ret = kh_ctx_open_user(&c, o, NULL);
     if (ret != KH_EXIT_OK)
         goto out;
     for (size_t k = 0; k < 2 && ret == KH_EXIT_OK; k++) {
@@ -1805,10 +1753,11 @@ static int kh_cmd_tpm_setup(const struct kh_opts *o)
         }
     }
     ret = kh_tpm_setup(&conf, handle, auth, &already, msg, sizeof msg) == 0 ? KH_EXIT_OK : KH_EXIT_FAIL;
-    if (auth) {
-        kh_wipe(auth, strlen(auth));
-        free(auth);
-    }
+    /* A file's buffer holds more than its first line: wipe all of it. */
+    if (o->owner_auth_file)
+        kh_secret_file_free(auth);
+    else
+        kh_pin_free(auth);
     if (ret == KH_EXIT_OK)
         printf("%s (TPM at %s)\n", msg, conf.tcti);
     else
