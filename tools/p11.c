@@ -150,10 +150,25 @@ void kh_p11_close(struct kh_p11 *p)
     p->f = NULL;
 }
 
-static const struct {
-    CK_RV rv;
+/* A value's name in one of the tables below. */
+struct kh_name {
+    CK_ULONG value;
     const char *name;
-} kh_rv_names[] = {
+};
+
+/* Returns: the name of value in table (n entries), else prefix and the
+ * value in hex written into buf. */
+static const char *kh_name_find(const struct kh_name *table, size_t n, CK_ULONG value,
+                                const char *prefix, char *buf, size_t bufsz)
+{
+    for (size_t i = 0; i < n; i++)
+        if (table[i].value == value)
+            return table[i].name;
+    snprintf(buf, bufsz, "%s0x%08lx", prefix, value);
+    return buf;
+}
+
+static const struct kh_name kh_rv_names[] = {
     { CKR_OK, "CKR_OK" },
     { CKR_CANCEL, "CKR_CANCEL" },
     { CKR_HOST_MEMORY, "CKR_HOST_MEMORY" },
@@ -258,17 +273,11 @@ const char *kh_rv_name(CK_RV rv)
 {
     static _Thread_local char buf[32];
 
-    for (size_t i = 0; i < sizeof kh_rv_names / sizeof kh_rv_names[0]; i++)
-        if (kh_rv_names[i].rv == rv)
-            return kh_rv_names[i].name;
-    snprintf(buf, sizeof buf, "CKR_0x%08lx", rv);
-    return buf;
+    return kh_name_find(kh_rv_names, sizeof kh_rv_names / sizeof kh_rv_names[0], rv, "CKR_", buf,
+                        sizeof buf);
 }
 
-static const struct {
-    CK_MECHANISM_TYPE mech;
-    const char *name;
-} kh_mech_names[] = {
+static const struct kh_name kh_mech_names[] = {
     { CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN" },
     { CKM_RSA_PKCS, "CKM_RSA_PKCS" },
     { CKM_RSA_9796, "CKM_RSA_9796" },
@@ -569,11 +578,8 @@ const char *kh_mech_name(CK_MECHANISM_TYPE mech)
 {
     static _Thread_local char buf[32];
 
-    for (size_t i = 0; i < sizeof kh_mech_names / sizeof kh_mech_names[0]; i++)
-        if (kh_mech_names[i].mech == mech)
-            return kh_mech_names[i].name;
-    snprintf(buf, sizeof buf, "CKM_0x%08lx", mech);
-    return buf;
+    return kh_name_find(kh_mech_names, sizeof kh_mech_names / sizeof kh_mech_names[0], mech,
+                        "CKM_", buf, sizeof buf);
 }
 
 /* ---- tokens ------------------------------------------------------------ */
