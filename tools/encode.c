@@ -592,17 +592,12 @@ out:
     return out;
 }
 
-bool kh_pubkey_eth_address(char out[KH_ETH_ADDRESS_LEN], const struct kh_pubkey *pub)
+void kh_eip55_encode(char out[KH_ETH_ADDRESS_LEN], const uint8_t addr[20])
 {
-    uint8_t h[KH_KECCAK256_LEN], hh[KH_KECCAK256_LEN];
+    uint8_t hh[KH_KECCAK256_LEN];
     char lower[41];
 
-    out[0] = '\0';
-    if (pub->kind != KH_KEY_SECP256K1 || pub->point_len != 65 || pub->point[0] != 0x04)
-        return false;
-    kh_keccak256(h, pub->point + 1, 64);
-    kh_hex_encode(lower, sizeof lower, h + 12, 20);
-    /* EIP-55: uppercase a letter when its nibble of keccak(lowercase hex) >= 8. */
+    kh_hex_encode(lower, sizeof lower, addr, 20);
     kh_keccak256(hh, (const uint8_t *)lower, 40);
     out[0] = '0';
     out[1] = 'x';
@@ -614,6 +609,18 @@ bool kh_pubkey_eth_address(char out[KH_ETH_ADDRESS_LEN], const struct kh_pubkey 
         out[2 + i] = c;
     }
     out[42] = '\0';
+}
+
+bool kh_pubkey_eth_address(char out[KH_ETH_ADDRESS_LEN], const struct kh_pubkey *pub)
+{
+    uint8_t h[KH_KECCAK256_LEN];
+
+    out[0] = '\0';
+    if (pub->kind != KH_KEY_SECP256K1 || pub->point_len != 65 || pub->point[0] != 0x04)
+        return false;
+    /* The address: the last 20 bytes of keccak256(X||Y). */
+    kh_keccak256(h, pub->point + 1, 64);
+    kh_eip55_encode(out, h + 12);
     return true;
 }
 

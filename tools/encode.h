@@ -141,6 +141,12 @@ char *kh_pubkey_to_ssh(const struct kh_pubkey *pub, const char *comment);
 #define KH_ETH_ADDRESS_LEN 43
 
 /*
+ * Writes a 20-byte Ethereum address as "0x" + EIP-55 mixed-case hex: a hex
+ * letter is uppercase when its nibble of keccak256(lowercase hex) is >= 8.
+ */
+void kh_eip55_encode(char out[KH_ETH_ADDRESS_LEN], const uint8_t addr[20]);
+
+/*
  * The Ethereum address of a secp256k1 key: "0x" + EIP-55 mixed-case hex of
  * the last 20 bytes of keccak256(X||Y).
  *
