@@ -62,7 +62,7 @@ enum bench_sig bench_sig_by_name(const char *name)
     return BENCH_SIG_COUNT;
 }
 
-static bool bench_random(uint8_t *buf, size_t len)
+bool bench_random(uint8_t *buf, size_t len)
 {
     size_t got = 0;
     while (got < len) {
@@ -359,11 +359,9 @@ bool bench_floor_new(struct bench_floor **out, const struct bench_floor_variant 
     return true;
 }
 
-/* DER ECDSA-Sig-Value -> fixed-width r||s. */
-static bool bench_der_to_rs(uint8_t *sig, size_t flen, const uint8_t *der, size_t derlen)
+/* ECDSA_SIG -> fixed-width r||s (flen bytes each); takes es (NULL: false). */
+static bool bench_sig_to_rs(uint8_t *sig, size_t flen, ECDSA_SIG *es)
 {
-    const unsigned char *p = der;
-    ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)derlen);
     const BIGNUM *r, *s;
     bool ok;
 
@@ -374,6 +372,14 @@ static bool bench_der_to_rs(uint8_t *sig, size_t flen, const uint8_t *der, size_
          BN_bn2binpad(s, sig + flen, (int)flen) == (int)flen;
     ECDSA_SIG_free(es);
     return ok;
+}
+
+/* DER ECDSA-Sig-Value -> fixed-width r||s. */
+static bool bench_der_to_rs(uint8_t *sig, size_t flen, const uint8_t *der, size_t derlen)
+{
+    const unsigned char *p = der;
+
+    return bench_sig_to_rs(sig, flen, d2i_ECDSA_SIG(NULL, &p, (long)derlen));
 }
 
 bool bench_floor_sign(struct bench_floor *f, uint8_t *sig, size_t *siglen, const uint8_t *data,
@@ -398,19 +404,11 @@ bool bench_floor_sign(struct bench_floor *f, uint8_t *sig, size_t *siglen, const
             return false;
         *siglen = 64;
         return true;
-    case FLOOR_EC_LOWLEVEL: {
-        ECDSA_SIG *es = ECDSA_do_sign(data, (int)data_len, f->ec);
-        const BIGNUM *r, *s;
-        bool ok;
-        if (!es)
+    case FLOOR_EC_LOWLEVEL:
+        if (!bench_sig_to_rs(sig, flen, ECDSA_do_sign(data, (int)data_len, f->ec)))
             return false;
-        ECDSA_SIG_get0(es, &r, &s);
-        ok = BN_bn2binpad(r, sig, (int)flen) == (int)flen &&
-             BN_bn2binpad(s, sig + flen, (int)flen) == (int)flen;
-        ECDSA_SIG_free(es);
         *siglen = 2 * flen;
-        return ok;
-    }
+        return true;
     case FLOOR_EC_EVP: {
         uint8_t der[160];
         size_t derlen = sizeof der;

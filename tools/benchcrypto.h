@@ -43,6 +43,9 @@ const struct bench_sig_info *bench_sig_get(enum bench_sig sig);
 /* Returns: the figure named name, or BENCH_SIG_COUNT. */
 enum bench_sig bench_sig_by_name(const char *name);
 
+/* Fills buf with len bytes from getrandom(2). Returns: true on success. */
+bool bench_random(uint8_t *buf, size_t len);
+
 /*
  * Fills data (info->data_len bytes) with what the bench signs: random bytes,
  * except for RSA, where it is the DER DigestInfo of SHA-256 over random bytes

@@ -43,7 +43,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -181,18 +180,6 @@ static uint64_t bench_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static bool bench_random(uint8_t *buf, size_t len)
-{
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = getrandom(buf + got, len - got, 0);
-        if (n <= 0)
-            return false;
-        got += (size_t)n;
-    }
-    return true;
 }
 
 static bool bench_parse_sizes(size_t *sizes, int *n, const char *spec)
@@ -612,6 +599,41 @@ static CK_RV bench_make_token(struct kh_p11 *p, CK_SLOT_ID *slot, char *err, siz
     return rv;
 }
 
+/* Opens a read-write session on slot and logs the user in with pin. */
+static CK_RV bench_open_user(struct kh_p11 *p, CK_SLOT_ID slot, const char *pin, CK_SESSION_HANDLE *s)
+{
+    CK_RV rv = p->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, s);
+
+    if (rv == CKR_OK)
+        rv = kh_p11_login(p, *s, CKU_USER, pin);
+    return rv;
+}
+
+/*
+ * Starts the module afresh: closes session *s, C_Finalize, C_Initialize,
+ * finds the bench token again and opens a new session on it with the user
+ * logged in (bench_open_user). Out: *s; *slot (when not NULL) the token's
+ * slot.
+ */
+static CK_RV bench_restart(struct kh_p11 *p, const char *pin, CK_SLOT_ID *slot, CK_SESSION_HANDLE *s)
+{
+    struct kh_p11_token tok;
+    CK_RV rv;
+
+    p->f->C_CloseSession(*s);
+    p->f->C_Finalize(NULL);
+    p->initialized = false;
+    rv = kh_p11_initialize(p);
+    if (rv == CKR_OK)
+        rv = kh_p11_find_token(p, BENCH_TOKEN_LABEL, &tok);
+    if (rv == CKR_OK) {
+        if (slot)
+            *slot = tok.slot;
+        rv = bench_open_user(p, tok.slot, pin, s);
+    }
+    return rv;
+}
+
 /* Public key of a key pair member: from obj itself, else from the public key with its CKA_ID. */
 static CK_RV bench_read_pub(struct kh_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
                             enum kh_keykind kind, struct kh_pubkey *pub, CK_OBJECT_HANDLE *pubh)
@@ -834,18 +856,13 @@ static bool bench_target_existing(struct bench_target *t, char *err, size_t errl
     }
     t->slot = tok.slot;
     snprintf(t->pin, sizeof t->pin, "%s", pin);
-    rv = t->p11.f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &t->s);
-    if (rv == CKR_OK)
-        rv = kh_p11_login(&t->p11, t->s, CKU_USER, t->pin);
+    rv = bench_open_user(&t->p11, t->slot, t->pin, &t->s);
     if (rv != CKR_OK) {
         snprintf(err, errlen, "session/login on token %s: %s", tok.label, kh_rv_name(rv));
         goto out;
     }
     kh_p11_uri_template(&u, tmpl, &ntmpl, &cls_storage);
-    bool has_class = false;
-    for (CK_ULONG i = 0; i < ntmpl; i++)
-        has_class |= tmpl[i].type == CKA_CLASS;
-    if (!has_class)
+    if (!u.has_class)
         tmpl[ntmpl++] = (CK_ATTRIBUTE){ CKA_CLASS, &priv_cls, sizeof priv_cls };
     rv = kh_p11_find(&t->p11, t->s, tmpl, ntmpl, &objs, &n);
     if (rv != CKR_OK || n != 1) {
@@ -918,9 +935,7 @@ static void bench_target_open(struct bench_target *t, bool existing)
         return;
     }
     snprintf(t->pin, sizeof t->pin, "%s", BENCH_USER_PIN);
-    rv = t->p11.f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &t->s);
-    if (rv == CKR_OK)
-        rv = kh_p11_login(&t->p11, t->s, CKU_USER, t->pin);
+    rv = bench_open_user(&t->p11, t->slot, t->pin, &t->s);
     if (rv != CKR_OK) {
         snprintf(t->why, sizeof t->why, "session/login: %s", kh_rv_name(rv));
         return;
@@ -937,25 +952,12 @@ static void bench_target_open(struct bench_target *t, bool existing)
  */
 static bool bench_target_recycle(struct bench_target *t)
 {
-    struct kh_p11_token tok;
     CK_RV rv;
 
     if (!t->ready || t->existing)
         return t->ready;
-    t->p11.f->C_CloseSession(t->s);
-    t->p11.f->C_Finalize(NULL);
-    t->p11.initialized = false;
     t->ready = false;
-    rv = kh_p11_initialize(&t->p11);
-    if (rv == CKR_OK)
-        rv = kh_p11_find_token(&t->p11, BENCH_TOKEN_LABEL, &tok);
-    if (rv == CKR_OK) {
-        t->slot = tok.slot;
-        rv = t->p11.f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                                     &t->s);
-    }
-    if (rv == CKR_OK)
-        rv = kh_p11_login(&t->p11, t->s, CKU_USER, t->pin);
+    rv = bench_restart(&t->p11, t->pin, &t->slot, &t->s);
     if (rv != CKR_OK) {
         snprintf(t->why, sizeof t->why, "restarting the module: %s", kh_rv_name(rv));
         return false;
@@ -1003,6 +1005,7 @@ static void bench_target_close(struct bench_target *t)
     if (t->p11.f && t->ready)
         t->p11.f->C_CloseSession(t->s);
     kh_p11_close(&t->p11);
+    kh_wipe(t->pin, sizeof t->pin);
     bench_env_cleanup(&t->env);
 }
 
@@ -1676,18 +1679,7 @@ static CK_RV scale_fill_p11(struct kh_p11 *p, CK_SESSION_HANDLE *sp, size_t n, b
         }
         if (!create && recycle) {
             /* tpm2-pkcs11: the keys it made are still loaded; start it afresh. */
-            struct kh_p11_token tok;
-            p->f->C_CloseSession(s);
-            p->f->C_Finalize(NULL);
-            p->initialized = false;
-            rv = kh_p11_initialize(p);
-            if (rv == CKR_OK)
-                rv = kh_p11_find_token(p, BENCH_TOKEN_LABEL, &tok);
-            if (rv == CKR_OK)
-                rv = p->f->C_OpenSession(tok.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                                         &s);
-            if (rv == CKR_OK)
-                rv = kh_p11_login(p, s, CKU_USER, BENCH_USER_PIN);
+            rv = bench_restart(p, BENCH_USER_PIN, NULL, &s);
             *sp = s;
         }
         if (!create && rv == CKR_OK)
@@ -1737,9 +1729,7 @@ static int scale_setup(void)
         bench_err("%s", err);
         goto out;
     }
-    rv = p.f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
-    if (rv == CKR_OK)
-        rv = kh_p11_login(&p, s, CKU_USER, BENCH_USER_PIN);
+    rv = bench_open_user(&p, slot, BENCH_USER_PIN, &s);
     if (rv == CKR_OK && !bench_random(id, sizeof id))
         rv = CKR_FUNCTION_FAILED;
     if (rv == CKR_OK)
@@ -2315,6 +2305,20 @@ static const struct option bench_options[] = {
     { NULL, 0, NULL, 0 },
 };
 
+/* Parses --name's value s: a whole number from lo to hi into *out. */
+static bool bench_parse_int(const char *name, const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+
+    if (*end || v < lo || v > hi) {
+        bench_err("--%s: %d..%d", name, lo, hi);
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}
+
 /* Parses a comma-separated list against names; sets flags[i] for each. */
 static bool bench_parse_list(const char *spec, const char *const *names, size_t n, bool *flags)
 {
@@ -2384,11 +2388,8 @@ static int bench_parse_args(int argc, char **argv, int *mode)
             }
             break;
         case OPT_THREADS:
-            opt.threads = (int)strtol(optarg, &end, 10);
-            if (*end || opt.threads < 1 || opt.threads > BENCH_MAX_THREADS) {
-                bench_err("--threads: 1..%d", BENCH_MAX_THREADS);
+            if (!bench_parse_int("threads", optarg, 1, BENCH_MAX_THREADS, &opt.threads))
                 return BENCH_EXIT_USAGE;
-            }
             break;
         case OPT_MODES:
             if (!bench_parse_list(optarg, mode_names, 2, modes))
@@ -2437,11 +2438,8 @@ static int bench_parse_args(int argc, char **argv, int *mode)
             }
             break;
         case OPT_RUNS:
-            opt.runs = (int)strtol(optarg, &end, 10);
-            if (*end || opt.runs < 1 || opt.runs > BENCH_MAX_RUNS) {
-                bench_err("--runs: 1..%d", BENCH_MAX_RUNS);
+            if (!bench_parse_int("runs", optarg, 1, BENCH_MAX_RUNS, &opt.runs))
                 return BENCH_EXIT_USAGE;
-            }
             break;
         case OPT_OPS:
             opt.ops = strtoul(optarg, &end, 10);
@@ -2451,11 +2449,8 @@ static int bench_parse_args(int argc, char **argv, int *mode)
             }
             break;
         case OPT_REPEAT:
-            opt.repeat = (int)strtol(optarg, &end, 10);
-            if (*end || opt.repeat < 1 || opt.repeat > 100) {
-                bench_err("--repeat: 1..100");
+            if (!bench_parse_int("repeat", optarg, 1, 100, &opt.repeat))
                 return BENCH_EXIT_USAGE;
-            }
             break;
         case OPT_JSON: opt.json = true; break;
         case OPT_QUIET: opt.quiet = true; break;
