@@ -81,19 +81,18 @@ static bool bench_write_file(const char *path, const char *text, char *err, size
 }
 
 /*
- * Runs argv (searched in PATH) with stdout and stderr appended to log;
- * returns true when it exits 0.
+ * Starts argv (searched in PATH) with stdout and stderr appended to log.
+ * Returns: its pid; -1 with a reason in err when it cannot fork.
  */
-static bool bench_run(char *const argv[], const char *log, char *err, size_t errlen)
+static pid_t bench_spawn(char *const argv[], const char *log, char *err, size_t errlen)
 {
     pid_t pid;
-    int st;
 
     fflush(NULL);
     pid = fork();
     if (pid < 0) {
         snprintf(err, errlen, "fork: %s", strerror(errno));
-        return false;
+        return -1;
     }
     if (pid == 0) {
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
@@ -105,6 +104,20 @@ static bool bench_run(char *const argv[], const char *log, char *err, size_t err
         execvp(argv[0], argv);
         _exit(127);
     }
+    return pid;
+}
+
+/*
+ * Runs argv (searched in PATH) with stdout and stderr appended to log;
+ * returns true when it exits 0.
+ */
+static bool bench_run(char *const argv[], const char *log, char *err, size_t errlen)
+{
+    pid_t pid = bench_spawn(argv, log, err, errlen);
+    int st;
+
+    if (pid < 0)
+        return false;
     while (waitpid(pid, &st, 0) < 0)
         if (errno != EINTR)
             break;
@@ -186,22 +199,9 @@ static bool bench_swtpm_start(struct bench_env *e, char *err, size_t errlen)
         char *const argv[] = { "swtpm", "socket", "--tpm2", "--tpmstate", tpmstate, "--server",
                                server, "--ctrl", ctrl, "--flags", "not-need-init,startup-clear",
                                NULL };
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid < 0) {
-            snprintf(err, errlen, "fork: %s", strerror(errno));
+        pid_t pid = bench_spawn(argv, log, err, errlen);
+        if (pid < 0)
             return false;
-        }
-        if (pid == 0) {
-            int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-            if (fd >= 0) {
-                dup2(fd, STDOUT_FILENO);
-                dup2(fd, STDERR_FILENO);
-                close(fd);
-            }
-            execvp(argv[0], argv);
-            _exit(127);
-        }
         for (int i = 0; i < 500; i++) {
             int st;
             if (waitpid(pid, &st, WNOHANG) == pid) {
