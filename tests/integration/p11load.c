@@ -216,29 +216,43 @@ static CK_RV p11l_slot_list(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID **slots, CK_ULON
     return CKR_GENERAL_ERROR;
 }
 
-CK_RV p11l_find_slot(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID *slot, const char *label)
+/*
+ * The first slot whose token is initialised and labelled label or, when
+ * label is NULL, present but not initialised. Out: *slot; *nslots, how many
+ * slots there are. Returns CKR_OK, CKR_SLOT_ID_INVALID when none matches.
+ */
+static CK_RV p11l_slot_where(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID *slot, const char *label,
+                             CK_ULONG *nslots)
 {
     CK_SLOT_ID *slots;
-    CK_ULONG n;
-    CK_RV rv = p11l_slot_list(fl, &slots, &n);
+    CK_RV rv = p11l_slot_list(fl, &slots, nslots);
 
     if (rv != CKR_OK)
         return rv;
     rv = CKR_SLOT_ID_INVALID;
-    for (CK_ULONG i = 0; i < n; i++) {
+    for (CK_ULONG i = 0; i < *nslots; i++) {
         CK_TOKEN_INFO ti;
+        bool initialized;
 
         if (fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
             continue;
-        if ((ti.flags & CKF_TOKEN_INITIALIZED) &&
-            p11l_padded_eq(ti.label, sizeof(ti.label), label)) {
+        initialized = (ti.flags & CKF_TOKEN_INITIALIZED) != 0;
+        if (label ? initialized && p11l_padded_eq(ti.label, sizeof(ti.label), label) : !initialized) {
             *slot = slots[i];
             rv = CKR_OK;
             break;
         }
     }
     free(slots);
-    if (rv != CKR_OK)
+    return rv;
+}
+
+CK_RV p11l_find_slot(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID *slot, const char *label)
+{
+    CK_ULONG n;
+    CK_RV rv = p11l_slot_where(fl, slot, label, &n);
+
+    if (rv == CKR_SLOT_ID_INVALID)
         fprintf(stderr, "no token labelled \"%s\"\n", label);
     return rv;
 }
@@ -246,26 +260,10 @@ CK_RV p11l_find_slot(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID *slot, const char *labe
 /* The first slot whose token is present and not initialised. */
 static CK_RV p11l_free_slot(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID *slot)
 {
-    CK_SLOT_ID *slots;
     CK_ULONG n;
-    CK_RV rv = p11l_slot_list(fl, &slots, &n);
+    CK_RV rv = p11l_slot_where(fl, slot, NULL, &n);
 
-    if (rv != CKR_OK)
-        return rv;
-    rv = CKR_SLOT_ID_INVALID;
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-
-        if (fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
-            continue;
-        if (!(ti.flags & CKF_TOKEN_INITIALIZED)) {
-            *slot = slots[i];
-            rv = CKR_OK;
-            break;
-        }
-    }
-    free(slots);
-    if (rv != CKR_OK)
+    if (rv == CKR_SLOT_ID_INVALID)
         fprintf(stderr, "no free (uninitialised) slot among %lu slots\n", (unsigned long)n);
     return rv;
 }
