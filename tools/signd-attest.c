@@ -26,7 +26,6 @@
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,18 +46,6 @@ struct kh_signd_attest {
     const char *bank_name;
 };
 
-static void kh_at_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void kh_at_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Parses "sha256:0,1,7" (bank sha1, sha256, sha384 or sha512; PCRs 0..23). */
 static bool kh_parse_pcrs(struct kh_signd_attest *at, const char *s, char *err, size_t errlen)
 {
@@ -78,7 +65,8 @@ static bool kh_parse_pcrs(struct kh_signd_attest *at, const char *s, char *err, 
         if (strlen(banks[i].name) == (size_t)(colon - s) && strncmp(s, banks[i].name, (size_t)(colon - s)) == 0)
             break;
     if (!colon || i == sizeof banks / sizeof banks[0]) {
-        kh_at_err(err, errlen, "PCR selection '%s': want BANK:N,N,... with BANK sha1, sha256, sha384 or sha512", s);
+        kh_signd_errf(err, errlen, "PCR selection '%s': want BANK:N,N,... with BANK sha1, sha256, "
+                      "sha384 or sha512", s);
         return false;
     }
     at->bank_name = banks[i].name;
@@ -89,7 +77,7 @@ static bool kh_parse_pcrs(struct kh_signd_attest *at, const char *s, char *err, 
         char *end;
         long n = strtol(p, &end, 10);
         if (end == p || n < 0 || n > 23 || (*end != ',' && *end != '\0')) {
-            kh_at_err(err, errlen, "PCR selection '%s': PCR numbers are 0..23, comma-separated", s);
+            kh_signd_errf(err, errlen, "PCR selection '%s': PCR numbers are 0..23, comma-separated", s);
             return false;
         }
         ps->pcrSelect[n / 8] |= (uint8_t)(1u << (n % 8));
@@ -135,7 +123,7 @@ bool kh_signd_attest_open(struct kh_signd_attest **out, const char *tcti, const 
     *out = NULL;
     at = calloc(1, sizeof *at);
     if (!at) {
-        kh_at_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
         return false;
     }
     pthread_mutex_init(&at->lock, NULL);
@@ -144,18 +132,18 @@ bool kh_signd_attest_open(struct kh_signd_attest **out, const char *tcti, const 
         goto fail;
     rc = Tss2_TctiLdr_Initialize(tcti, &at->tcti);
     if (rc != TSS2_RC_SUCCESS) {
-        kh_at_err(err, errlen, "TCTI '%s': %s", tcti, Tss2_RC_Decode(rc));
+        kh_signd_errf(err, errlen, "TCTI '%s': %s", tcti, Tss2_RC_Decode(rc));
         goto fail;
     }
     rc = Esys_Initialize(&at->esys, at->tcti, NULL);
     if (rc != TSS2_RC_SUCCESS) {
-        kh_at_err(err, errlen, "Esys_Initialize: %s", Tss2_RC_Decode(rc));
+        kh_signd_errf(err, errlen, "Esys_Initialize: %s", Tss2_RC_Decode(rc));
         goto fail;
     }
     Esys_SetTimeout(at->esys, KH_ATTEST_TIMEOUT_MS);
     rc = Esys_Startup(at->esys, TPM2_SU_CLEAR);
     if (rc != TSS2_RC_SUCCESS && rc != TPM2_RC_INITIALIZE) {
-        kh_at_err(err, errlen, "TPM2_Startup: %s", Tss2_RC_Decode(rc));
+        kh_signd_errf(err, errlen, "TPM2_Startup: %s", Tss2_RC_Decode(rc));
         goto fail;
     }
 
@@ -177,12 +165,12 @@ bool kh_signd_attest_open(struct kh_signd_attest **out, const char *tcti, const 
                             ESYS_TR_NONE, &sens, &tmpl, &outside, &creation, &at->ak, &at->ak_pub,
                             NULL, NULL, NULL);
     if (rc != TSS2_RC_SUCCESS) {
-        kh_at_err(err, errlen, "creating the attestation key: %s", Tss2_RC_Decode(rc));
+        kh_signd_errf(err, errlen, "creating the attestation key: %s", Tss2_RC_Decode(rc));
         goto fail;
     }
     at->ak_pem = kh_ak_pem(at->ak_pub);
     if (!at->ak_pem) {
-        kh_at_err(err, errlen, "cannot encode the attestation key");
+        kh_signd_errf(err, errlen, "cannot encode the attestation key");
         goto fail;
     }
     *out = at;
@@ -312,7 +300,7 @@ bool kh_signd_attest_quote(struct kh_signd_attest *at, const struct kh_signd_key
 
     *doc_out = NULL;
     if (nonce_len > 64 || pklen > 1024) {
-        kh_at_err(err, errlen, "nonce or public key too long");
+        kh_signd_errf(err, errlen, "nonce or public key too long");
         return false;
     }
     memcpy(bind, kh_attest_label, sizeof kh_attest_label - 1);
@@ -323,7 +311,7 @@ bool kh_signd_attest_quote(struct kh_signd_attest *at, const struct kh_signd_key
     doc = json_object_new_object();
     values = json_object_new_object();
     if (!doc || !values) {
-        kh_at_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
         goto out;
     }
     pthread_mutex_lock(&at->lock);
@@ -333,14 +321,14 @@ bool kh_signd_attest_quote(struct kh_signd_attest *at, const struct kh_signd_key
         rc = kh_read_pcrs(at, values, &pcrfile, &pcrlen);
     pthread_mutex_unlock(&at->lock);
     if (rc != TSS2_RC_SUCCESS) {
-        kh_at_err(err, errlen, "TPM: %s", Tss2_RC_Decode(rc));
+        kh_signd_errf(err, errlen, "TPM: %s", Tss2_RC_Decode(rc));
         goto out;
     }
     rc = Tss2_MU_TPMT_SIGNATURE_Marshal(sig, sigbuf, sizeof sigbuf, &siglen);
     if (rc == TSS2_RC_SUCCESS)
         rc = Tss2_MU_TPM2B_PUBLIC_Marshal(at->ak_pub, pubbuf, sizeof pubbuf, &publen);
     if (rc != TSS2_RC_SUCCESS) {
-        kh_at_err(err, errlen, "marshaling: %s", Tss2_RC_Decode(rc));
+        kh_signd_errf(err, errlen, "marshaling: %s", Tss2_RC_Decode(rc));
         goto out;
     }
 
@@ -367,7 +355,7 @@ bool kh_signd_attest_quote(struct kh_signd_attest *at, const struct kh_signd_key
         ok = *doc_out != NULL;
     }
     if (!ok)
-        kh_at_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
 out:
     free(pcrfile);
     Esys_Free(quoted);

@@ -12,6 +12,7 @@
 
 #include <json-c/json.h>
 
+#include <ctype.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,10 +20,9 @@
 #include <string.h>
 #include <strings.h>
 
-static void kh_eth_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* ---- reasons ----------------------------------------------------------- */
 
-static void kh_eth_err(char *err, size_t errlen, const char *fmt, ...)
+void kh_signd_errf(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
 
@@ -31,17 +31,6 @@ static void kh_eth_err(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-}
-
-static int kh_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /* ---- 256-bit unsigned quantities --------------------------------------- */
@@ -103,40 +92,44 @@ bool kh_u256_parse(kh_u256 *out, const char *s, char *err, size_t errlen)
     memset(&v, 0, sizeof v);
     if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
         const char *d = s + 2;
+        char digits[2 * sizeof v.b];
+        size_t got;
         n = strlen(d);
         for (size_t i = 0; i < n; i++)
-            if (kh_hexval(d[i]) < 0) {
-                kh_eth_err(err, errlen, "'%c' is not a hex digit", d[i]);
+            if (!isxdigit((unsigned char)d[i])) {
+                kh_signd_errf(err, errlen, "'%c' is not a hex digit", d[i]);
                 return false;
             }
         while (n > 0 && *d == '0') {
             d++;
             n--;
         }
-        if (n > 64) {
-            kh_eth_err(err, errlen, "more than 256 bits");
+        if (n > sizeof digits) {
+            kh_signd_errf(err, errlen, "more than 256 bits");
             return false;
         }
-        /* Digit i from the right goes to byte 31 - i/2. */
-        for (size_t i = 0; i < n; i++) {
-            int x = kh_hexval(d[n - 1 - i]);
-            v.b[31 - i / 2] |= (uint8_t)(i % 2 ? x << 4 : x);
+        /* Right-aligned in 64 digits (an odd count is fine for a quantity). */
+        memset(digits, '0', sizeof digits - n);
+        memcpy(digits + sizeof digits - n, d, n);
+        if (!kh_hex_decode(v.b, &got, sizeof v.b, digits, sizeof digits)) {
+            kh_signd_errf(err, errlen, "not hex");   /* cannot happen: checked above */
+            return false;
         }
         *out = v;
         return true;
     }
     n = strlen(s);
     if (n == 0) {
-        kh_eth_err(err, errlen, "empty");
+        kh_signd_errf(err, errlen, "empty");
         return false;
     }
     for (size_t i = 0; i < n; i++) {
         if (s[i] < '0' || s[i] > '9') {
-            kh_eth_err(err, errlen, "not a number (\"0x\" + hex digits, or decimal digits)");
+            kh_signd_errf(err, errlen, "not a number (\"0x\" + hex digits, or decimal digits)");
             return false;
         }
         if (!kh_u256_mul_add(&v, &v, 10, (uint32_t)(s[i] - '0'))) {
-            kh_eth_err(err, errlen, "more than 256 bits");
+            kh_signd_errf(err, errlen, "more than 256 bits");
             return false;
         }
     }
@@ -153,22 +146,22 @@ bool kh_u256_from_json(kh_u256 *out, struct json_object *v, char *err, size_t er
         int64_t i = json_object_get_int64(v);
         uint64_t u;
         if (i < 0) {
-            kh_eth_err(err, errlen, "negative");
+            kh_signd_errf(err, errlen, "negative");
             return false;
         }
         u = i == INT64_MAX ? json_object_get_uint64(v) : (uint64_t)i;
         if (u == UINT64_MAX) {
-            kh_eth_err(err, errlen, "JSON integer too large; give it as a \"0x\" hex string");
+            kh_signd_errf(err, errlen, "JSON integer too large; give it as a \"0x\" hex string");
             return false;
         }
         kh_u256_from_u64(out, u);
         return true;
     }
     case json_type_double:
-        kh_eth_err(err, errlen, "not an integer (write it as a hex string or an integer)");
+        kh_signd_errf(err, errlen, "not an integer (write it as a hex string or an integer)");
         return false;
     default:
-        kh_eth_err(err, errlen, "must be a hex string or an integer");
+        kh_signd_errf(err, errlen, "must be a hex string or an integer");
         return false;
     }
 }
@@ -369,12 +362,12 @@ bool kh_eth_parse_address(uint8_t addr[KH_ETH_ADDR_LEN], const char *s, char *er
     char want[43];
 
     if (s[0] != '0' || (s[1] != 'x' && s[1] != 'X')) {
-        kh_eth_err(err, errlen, "an address starts with 0x");
+        kh_signd_errf(err, errlen, "an address starts with 0x");
         return false;
     }
     n = strlen(s + 2);
     if (n != 40 || !kh_hex_decode(addr, &n, KH_ETH_ADDR_LEN, s + 2, 40)) {
-        kh_eth_err(err, errlen, "an address is 0x + 40 hex digits");
+        kh_signd_errf(err, errlen, "an address is 0x + 40 hex digits");
         return false;
     }
     for (size_t i = 2; i < 42; i++) {
@@ -384,7 +377,7 @@ bool kh_eth_parse_address(uint8_t addr[KH_ETH_ADDR_LEN], const char *s, char *er
     if (has_lower && has_upper) {
         kh_eth_checksum_address(want, addr);
         if (strcmp(want + 2, s + 2) != 0) {
-            kh_eth_err(err, errlen, "bad EIP-55 checksum (mixed case)");
+            kh_signd_errf(err, errlen, "bad EIP-55 checksum (mixed case)");
             memset(addr, 0, KH_ETH_ADDR_LEN);
             return false;
         }
@@ -401,28 +394,28 @@ bool kh_eth_parse_hex_data(uint8_t **out, size_t *len, size_t max, const char *s
     *out = NULL;
     *len = 0;
     if (s[0] != '0' || (s[1] != 'x' && s[1] != 'X')) {
-        kh_eth_err(err, errlen, "hex data starts with 0x");
+        kh_signd_errf(err, errlen, "hex data starts with 0x");
         return false;
     }
     n = strlen(s + 2);
     if (n % 2) {
-        kh_eth_err(err, errlen, "odd number of hex digits");
+        kh_signd_errf(err, errlen, "odd number of hex digits");
         return false;
     }
     if (n / 2 > max) {
-        kh_eth_err(err, errlen, "longer than %zu bytes", max);
+        kh_signd_errf(err, errlen, "longer than %zu bytes", max);
         return false;
     }
     if (n == 0)
         return true;
     p = malloc(n / 2);
     if (!p) {
-        kh_eth_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
         return false;
     }
     if (!kh_hex_decode(p, &got, n / 2, s + 2, n)) {
         free(p);
-        kh_eth_err(err, errlen, "not hex");
+        kh_signd_errf(err, errlen, "not hex");
         return false;
     }
     *out = p;
@@ -458,7 +451,7 @@ static bool kh_tx_u256(kh_u256 *out, struct json_object *v, const char *name, ch
     char why[160];
 
     if (!kh_u256_from_json(out, v, why, sizeof why)) {
-        kh_eth_err(err, errlen, "field '%s': %s", name, why);
+        kh_signd_errf(err, errlen, "field '%s': %s", name, why);
         return false;
     }
     return true;
@@ -472,7 +465,7 @@ static bool kh_tx_u64(uint64_t *out, struct json_object *v, const char *name, ui
     if (!kh_tx_u256(&u, v, name, err, errlen))
         return false;
     if (!kh_u256_to_u64(out, &u) || *out > max) {
-        kh_eth_err(err, errlen, "field '%s': too large", name);
+        kh_signd_errf(err, errlen, "field '%s': too large", name);
         return false;
     }
     return true;
@@ -484,11 +477,11 @@ static bool kh_tx_address(uint8_t out[KH_ETH_ADDR_LEN], struct json_object *v, c
     char why[160];
 
     if (!json_object_is_type(v, json_type_string)) {
-        kh_eth_err(err, errlen, "field '%s': must be a string", name);
+        kh_signd_errf(err, errlen, "field '%s': must be a string", name);
         return false;
     }
     if (!kh_eth_parse_address(out, json_object_get_string(v), why, sizeof why)) {
-        kh_eth_err(err, errlen, "field '%s': %s", name, why);
+        kh_signd_errf(err, errlen, "field '%s': %s", name, why);
         return false;
     }
     return true;
@@ -501,7 +494,7 @@ static bool kh_tx_access_list(struct kh_eth_tx *tx, struct json_object *v, char 
     size_t n;
 
     if (!json_object_is_type(v, json_type_array)) {
-        kh_eth_err(err, errlen, "field 'accessList': must be an array");
+        kh_signd_errf(err, errlen, "field 'accessList': must be an array");
         return false;
     }
     n = json_object_array_length(v);
@@ -509,7 +502,7 @@ static bool kh_tx_access_list(struct kh_eth_tx *tx, struct json_object *v, char 
         return true;
     tx->access = calloc(n, sizeof *tx->access);
     if (!tx->access) {
-        kh_eth_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
         return false;
     }
     for (size_t i = 0; i < n; i++) {
@@ -522,14 +515,15 @@ static bool kh_tx_access_list(struct kh_eth_tx *tx, struct json_object *v, char 
             !json_object_object_get_ex(e, "address", &addr) ||
             !json_object_object_get_ex(e, "storageKeys", &keys) ||
             json_object_object_length(e) != 2) {
-            kh_eth_err(err, errlen,
-                       "field 'accessList': entry %zu must be {\"address\", \"storageKeys\"}", i);
+            kh_signd_errf(err, errlen,
+                          "field 'accessList': entry %zu must be {\"address\", \"storageKeys\"}", i);
             return false;
         }
         if (!kh_tx_address(ent->address, addr, "accessList.address", err, errlen))
             return false;
         if (!json_object_is_type(keys, json_type_array)) {
-            kh_eth_err(err, errlen, "field 'accessList': storageKeys of entry %zu must be an array", i);
+            kh_signd_errf(err, errlen,
+                          "field 'accessList': storageKeys of entry %zu must be an array", i);
             return false;
         }
         nk = json_object_array_length(keys);
@@ -537,7 +531,7 @@ static bool kh_tx_access_list(struct kh_eth_tx *tx, struct json_object *v, char 
             continue;
         ent->keys = calloc(nk, sizeof *ent->keys);
         if (!ent->keys) {
-            kh_eth_err(err, errlen, "out of memory");
+            kh_signd_errf(err, errlen, "out of memory");
             return false;
         }
         for (size_t k = 0; k < nk; k++) {
@@ -549,9 +543,9 @@ static bool kh_tx_access_list(struct kh_eth_tx *tx, struct json_object *v, char 
             if (!json_object_is_type(kv, json_type_string) || s[0] != '0' ||
                 (s[1] != 'x' && s[1] != 'X') || strlen(s + 2) != 64 ||
                 !kh_hex_decode(ent->keys[k], &got, 32, s + 2, 64)) {
-                kh_eth_err(err, errlen,
-                           "field 'accessList': storage key %zu of entry %zu is not 0x + 64 hex digits",
-                           k, i);
+                kh_signd_errf(err, errlen,
+                              "field 'accessList': storage key %zu of entry %zu is not 0x + 64 hex digits",
+                              k, i);
                 return false;
             }
         }
@@ -593,7 +587,7 @@ bool kh_eth_tx_from_json(struct kh_eth_tx *tx, struct json_object *obj, char *er
 
     memset(tx, 0, sizeof *tx);
     if (!json_object_is_type(obj, json_type_object)) {
-        kh_eth_err(err, errlen, "tx must be a JSON object");
+        kh_signd_errf(err, errlen, "tx must be a JSON object");
         return false;
     }
     it = json_object_iter_begin(obj);
@@ -606,7 +600,7 @@ bool kh_eth_tx_from_json(struct kh_eth_tx *tx, struct json_object *obj, char *er
             if (strcmp(name, kh_tx_field_names[i]) == 0)
                 break;
         if (i == KH_TXF_COUNT) {
-            kh_eth_err(err, errlen, "unknown field '%.64s'", name);
+            kh_signd_errf(err, errlen, "unknown field '%.64s'", name);
             return false;
         }
         f[i] = json_object_iter_peek_value(&it);
@@ -618,7 +612,7 @@ bool kh_eth_tx_from_json(struct kh_eth_tx *tx, struct json_object *obj, char *er
             return false;
         uint64_t t;
         if (!kh_u256_to_u64(&t, &u) || t > 2) {
-            kh_eth_err(err, errlen, "field 'type': only 0 (legacy), 1 (EIP-2930) and 2 (EIP-1559)");
+            kh_signd_errf(err, errlen, "field 'type': only 0 (legacy), 1 (EIP-2930) and 2 (EIP-1559)");
             return false;
         }
         tx->type = (enum kh_eth_tx_type)t;
@@ -631,38 +625,38 @@ bool kh_eth_tx_from_json(struct kh_eth_tx *tx, struct json_object *obj, char *er
     }
 
     if (!f[KH_TXF_CHAIN_ID]) {
-        kh_eth_err(err, errlen, "field 'chainId' is required");
+        kh_signd_errf(err, errlen, "field 'chainId' is required");
         return false;
     }
     if (!kh_tx_u256(&tx->chain_id, f[KH_TXF_CHAIN_ID], "chainId", err, errlen))
         return false;
     if (kh_u256_is_zero(&tx->chain_id)) {
-        kh_eth_err(err, errlen, "field 'chainId': must not be 0");
+        kh_signd_errf(err, errlen, "field 'chainId': must not be 0");
         return false;
     }
     if (tx->type == KH_ETH_TX_LEGACY) {
         /* v = chainId * 2 + 36 at most must fit 256 bits. */
         kh_u256 v;
         if (!kh_u256_mul_add(&v, &tx->chain_id, 2, 36)) {
-            kh_eth_err(err, errlen, "field 'chainId': too large for a legacy transaction's v");
+            kh_signd_errf(err, errlen, "field 'chainId': too large for a legacy transaction's v");
             return false;
         }
     }
 
     if (!f[KH_TXF_NONCE]) {
-        kh_eth_err(err, errlen, "field 'nonce' is required");
+        kh_signd_errf(err, errlen, "field 'nonce' is required");
         return false;
     }
     if (!kh_tx_u64(&tx->nonce, f[KH_TXF_NONCE], "nonce", UINT64_MAX - 1, err, errlen))
         return false;
 
     if (f[KH_TXF_GAS] && f[KH_TXF_GAS_LIMIT]) {
-        kh_eth_err(err, errlen, "give 'gas' or 'gasLimit', not both");
+        kh_signd_errf(err, errlen, "give 'gas' or 'gasLimit', not both");
         return false;
     }
     gas = f[KH_TXF_GAS] ? f[KH_TXF_GAS] : f[KH_TXF_GAS_LIMIT];
     if (!gas) {
-        kh_eth_err(err, errlen, "field 'gas' is required");
+        kh_signd_errf(err, errlen, "field 'gas' is required");
         return false;
     }
     if (!kh_tx_u64(&tx->gas, gas, f[KH_TXF_GAS] ? "gas" : "gasLimit", UINT64_MAX, err, errlen))
@@ -670,11 +664,12 @@ bool kh_eth_tx_from_json(struct kh_eth_tx *tx, struct json_object *obj, char *er
 
     if (tx->type == KH_ETH_TX_DYNAMIC_FEE) {
         if (f[KH_TXF_GAS_PRICE]) {
-            kh_eth_err(err, errlen, "field 'gasPrice' does not belong in a type 2 transaction");
+            kh_signd_errf(err, errlen, "field 'gasPrice' does not belong in a type 2 transaction");
             return false;
         }
         if (!f[KH_TXF_MAX_FEE] || !f[KH_TXF_MAX_PRIORITY]) {
-            kh_eth_err(err, errlen, "a type 2 transaction needs 'maxFeePerGas' and 'maxPriorityFeePerGas'");
+            kh_signd_errf(err, errlen,
+                          "a type 2 transaction needs 'maxFeePerGas' and 'maxPriorityFeePerGas'");
             return false;
         }
         if (!kh_tx_u256(&tx->max_fee, f[KH_TXF_MAX_FEE], "maxFeePerGas", err, errlen) ||
@@ -682,16 +677,16 @@ bool kh_eth_tx_from_json(struct kh_eth_tx *tx, struct json_object *obj, char *er
                         err, errlen))
             return false;
         if (kh_u256_cmp(&tx->max_priority_fee, &tx->max_fee) > 0) {
-            kh_eth_err(err, errlen, "'maxPriorityFeePerGas' exceeds 'maxFeePerGas'");
+            kh_signd_errf(err, errlen, "'maxPriorityFeePerGas' exceeds 'maxFeePerGas'");
             return false;
         }
     } else {
         if (f[KH_TXF_MAX_FEE] || f[KH_TXF_MAX_PRIORITY]) {
-            kh_eth_err(err, errlen, "'maxFeePerGas'/'maxPriorityFeePerGas' need type 2");
+            kh_signd_errf(err, errlen, "'maxFeePerGas'/'maxPriorityFeePerGas' need type 2");
             return false;
         }
         if (!f[KH_TXF_GAS_PRICE]) {
-            kh_eth_err(err, errlen, "field 'gasPrice' is required for type %d", (int)tx->type);
+            kh_signd_errf(err, errlen, "field 'gasPrice' is required for type %d", (int)tx->type);
             return false;
         }
         if (!kh_tx_u256(&tx->gas_price, f[KH_TXF_GAS_PRICE], "gasPrice", err, errlen))
@@ -714,7 +709,7 @@ bool kh_eth_tx_from_json(struct kh_eth_tx *tx, struct json_object *obj, char *er
         return false;
 
     if (f[KH_TXF_DATA] && f[KH_TXF_INPUT]) {
-        kh_eth_err(err, errlen, "give 'data' or 'input', not both");
+        kh_signd_errf(err, errlen, "give 'data' or 'input', not both");
         return false;
     }
     data = f[KH_TXF_DATA] ? f[KH_TXF_DATA] : f[KH_TXF_INPUT];
@@ -725,14 +720,14 @@ bool kh_eth_tx_from_json(struct kh_eth_tx *tx, struct json_object *obj, char *er
                                    json_object_get_string(data), why, sizeof why)) {
             if (!json_object_is_type(data, json_type_string))
                 snprintf(why, sizeof why, "must be a hex string");
-            kh_eth_err(err, errlen, "field '%s': %s", f[KH_TXF_DATA] ? "data" : "input", why);
+            kh_signd_errf(err, errlen, "field '%s': %s", f[KH_TXF_DATA] ? "data" : "input", why);
             return false;
         }
     }
 
     if (f[KH_TXF_ACCESS_LIST] && !json_object_is_type(f[KH_TXF_ACCESS_LIST], json_type_null)) {
         if (tx->type == KH_ETH_TX_LEGACY) {
-            kh_eth_err(err, errlen, "field 'accessList' needs type 1 or 2");
+            kh_signd_errf(err, errlen, "field 'accessList' needs type 1 or 2");
             return false;
         }
         if (!kh_tx_access_list(tx, f[KH_TXF_ACCESS_LIST], err, errlen))

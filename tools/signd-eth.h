@@ -16,6 +16,17 @@
 
 struct json_object;
 
+/* ---- reasons ----------------------------------------------------------- */
+
+/*
+ * Writes a printf-style reason into err, the "char *err, size_t errlen" out
+ * parameter of keyhold-signd's units (this file is the lowest of them).
+ * Out: err (truncated to errlen - 1 bytes; nothing when err is NULL or
+ *      errlen is 0).
+ */
+void kh_signd_errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* ---- 256-bit unsigned quantities --------------------------------------- */
 
 /* A 256-bit unsigned integer, 32 bytes big-endian. */

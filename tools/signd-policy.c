@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,20 +16,6 @@
 #include <unistd.h>
 
 #define KH_SIGND_CONFIG_MAX (1024 * 1024)
-
-static void kh_pol_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void kh_pol_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static const struct {
     const char *name;
@@ -167,12 +152,12 @@ static bool kh_cfg_uint(unsigned *out, struct json_object *v, const char *name, 
     int64_t i;
 
     if (!json_object_is_type(v, json_type_int)) {
-        kh_pol_err(err, errlen, "'%s' must be an integer", name);
+        kh_signd_errf(err, errlen, "'%s' must be an integer", name);
         return false;
     }
     i = json_object_get_int64(v);
     if (i < (int64_t)min || i > (int64_t)max) {
-        kh_pol_err(err, errlen, "'%s' must be between %u and %u", name, min, max);
+        kh_signd_errf(err, errlen, "'%s' must be between %u and %u", name, min, max);
         return false;
     }
     *out = (unsigned)i;
@@ -183,13 +168,13 @@ static bool kh_cfg_string(char **out, struct json_object *v, const char *name, c
                           size_t errlen)
 {
     if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0) {
-        kh_pol_err(err, errlen, "'%s' must be a non-empty string", name);
+        kh_signd_errf(err, errlen, "'%s' must be a non-empty string", name);
         return false;
     }
     free(*out);
     *out = strdup(json_object_get_string(v));
     if (!*out) {
-        kh_pol_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
         return false;
     }
     return true;
@@ -202,14 +187,14 @@ static bool kh_cfg_array(void **out, size_t *n, struct json_object *v, size_t sz
     size_t len;
 
     if (!json_object_is_type(v, json_type_array)) {
-        kh_pol_err(err, errlen, "%s must be an array", where);
+        kh_signd_errf(err, errlen, "%s must be an array", where);
         return false;
     }
     len = json_object_array_length(v);
     *n = len;
     *out = calloc(len ? len : 1, sz);
     if (!*out) {
-        kh_pol_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
         return false;
     }
     return true;
@@ -225,11 +210,11 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
     kh_signd_policy_open(p);
     p->label = strdup(label);
     if (!p->label) {
-        kh_pol_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
         return false;
     }
     if (!json_object_is_type(o, json_type_object)) {
-        kh_pol_err(err, errlen, "keys.%s must be an object", label);
+        kh_signd_errf(err, errlen, "keys.%s must be an object", label);
         return false;
     }
     it = json_object_iter_begin(o);
@@ -243,7 +228,7 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
         if (strcmp(name, "methods") == 0) {
             size_t n;
             if (!json_object_is_type(v, json_type_array)) {
-                kh_pol_err(err, errlen, "%s must be an array", where);
+                kh_signd_errf(err, errlen, "%s must be an array", where);
                 return false;
             }
             n = json_object_array_length(v);
@@ -253,10 +238,10 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
                 uint32_t bit = json_object_is_type(m, json_type_string)
                                    ? kh_signd_method_bit(json_object_get_string(m)) : 0;
                 if (!bit) {
-                    kh_pol_err(err, errlen,
-                               "%s: unknown method %.64s (address, sign_message_defunct, "
-                               "sign_transaction, attestation, public_key, sign)",
-                               where, json_object_to_json_string(m));
+                    kh_signd_errf(err, errlen,
+                                  "%s: unknown method %.64s (address, sign_message_defunct, "
+                                  "sign_transaction, attestation, public_key, sign)",
+                                  where, json_object_to_json_string(m));
                     return false;
                 }
                 p->methods |= bit;
@@ -264,7 +249,7 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
         } else if (strcmp(name, "algorithms") == 0) {
             size_t n;
             if (!json_object_is_type(v, json_type_array)) {
-                kh_pol_err(err, errlen, "%s must be an array", where);
+                kh_signd_errf(err, errlen, "%s must be an array", where);
                 return false;
             }
             n = json_object_array_length(v);
@@ -274,9 +259,9 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
                 enum kh_signd_alg alg;
                 if (!json_object_is_type(a, json_type_string) ||
                     !kh_signd_alg_parse(&alg, json_object_get_string(a))) {
-                    kh_pol_err(err, errlen,
-                               "%s: unknown algorithm %.64s (ecdsa, ecdsa_recoverable, bip340, "
-                               "eddsa, rsa_pkcs1, rsa_pss)", where, json_object_to_json_string(a));
+                    kh_signd_errf(err, errlen,
+                                  "%s: unknown algorithm %.64s (ecdsa, ecdsa_recoverable, bip340, "
+                                  "eddsa, rsa_pkcs1, rsa_pss)", where, json_object_to_json_string(a));
                     return false;
                 }
                 p->algorithms |= 1u << alg;
@@ -289,7 +274,7 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
             for (size_t i = 0; i < p->nchain_ids; i++)
                 if (!kh_u256_from_json(&p->chain_ids[i], json_object_array_get_idx(v, i), why,
                                        sizeof why)) {
-                    kh_pol_err(err, errlen, "%s[%zu]: %s", where, i, why);
+                    kh_signd_errf(err, errlen, "%s[%zu]: %s", where, i, why);
                     return false;
                 }
         } else if (strcmp(name, "to") == 0) {
@@ -301,8 +286,8 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
                 struct json_object *a = json_object_array_get_idx(v, i);
                 if (!json_object_is_type(a, json_type_string) ||
                     !kh_eth_parse_address(p->to[i], json_object_get_string(a), why, sizeof why)) {
-                    kh_pol_err(err, errlen, "%s[%zu]: %s", where, i,
-                               json_object_is_type(a, json_type_string) ? why : "not a string");
+                    kh_signd_errf(err, errlen, "%s[%zu]: %s", where, i,
+                                  json_object_is_type(a, json_type_string) ? why : "not a string");
                     return false;
                 }
             }
@@ -322,31 +307,31 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
                     memcpy(p->selectors[i], b, 4);
                 free(b);
                 if (!ok) {
-                    kh_pol_err(err, errlen, "%s[%zu]: a selector is 0x + 8 hex digits", where, i);
+                    kh_signd_errf(err, errlen, "%s[%zu]: a selector is 0x + 8 hex digits", where, i);
                     return false;
                 }
             }
         } else if (strcmp(name, "allow_empty_data") == 0) {
             if (!json_object_is_type(v, json_type_boolean)) {
-                kh_pol_err(err, errlen, "%s must be true or false", where);
+                kh_signd_errf(err, errlen, "%s must be true or false", where);
                 return false;
             }
             p->allow_empty_data = json_object_get_boolean(v);
         } else if (strcmp(name, "max_value") == 0) {
             if (!kh_u256_from_json(&p->max_value, v, why, sizeof why)) {
-                kh_pol_err(err, errlen, "%s: %s", where, why);
+                kh_signd_errf(err, errlen, "%s: %s", where, why);
                 return false;
             }
             p->has_max_value = true;
         } else if (strcmp(name, "rate_per_second") == 0 || strcmp(name, "burst") == 0) {
             double d;
             if (!json_object_is_type(v, json_type_int) && !json_object_is_type(v, json_type_double)) {
-                kh_pol_err(err, errlen, "%s must be a number", where);
+                kh_signd_errf(err, errlen, "%s must be a number", where);
                 return false;
             }
             d = json_object_get_double(v);
             if (!isfinite(d) || d < 0 || d > 1e6 || (name[0] == 'b' && d < 1)) {
-                kh_pol_err(err, errlen, "%s is out of range", where);
+                kh_signd_errf(err, errlen, "%s is out of range", where);
                 return false;
             }
             if (name[0] == 'r') {
@@ -357,12 +342,12 @@ static bool kh_cfg_key(struct kh_signd_key_policy *p, const char *label, struct 
                 have_burst = true;
             }
         } else {
-            kh_pol_err(err, errlen, "unknown member %s", where);
+            kh_signd_errf(err, errlen, "unknown member %s", where);
             return false;
         }
     }
     if (have_burst && !have_rate) {
-        kh_pol_err(err, errlen, "keys.%s: 'burst' needs 'rate_per_second'", label);
+        kh_signd_errf(err, errlen, "keys.%s: 'burst' needs 'rate_per_second'", label);
         return false;
     }
     if (have_rate && !have_burst)
@@ -380,21 +365,21 @@ bool kh_signd_config_parse(struct kh_signd_config *c, const char *json, size_t l
 
     tok = json_tokener_new();
     if (!tok) {
-        kh_pol_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
         return false;
     }
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
     root = json_tokener_parse_ex(tok, json, (int)len);
     if (!root || json_tokener_get_parse_end(tok) != len) {
-        kh_pol_err(err, errlen, "not valid JSON (%s at byte %zu)",
-                   root ? "trailing data" :
-                   json_tokener_get_error(tok) == json_tokener_continue ? "incomplete JSON" :
-                   json_tokener_error_desc(json_tokener_get_error(tok)),
-                   json_tokener_get_parse_end(tok));
+        kh_signd_errf(err, errlen, "not valid JSON (%s at byte %zu)",
+                      root ? "trailing data" :
+                      json_tokener_get_error(tok) == json_tokener_continue ? "incomplete JSON" :
+                      json_tokener_error_desc(json_tokener_get_error(tok)),
+                      json_tokener_get_parse_end(tok));
         goto out;
     }
     if (!json_object_is_type(root, json_type_object)) {
-        kh_pol_err(err, errlen, "the configuration must be a JSON object");
+        kh_signd_errf(err, errlen, "the configuration must be a JSON object");
         goto out;
     }
     it = json_object_iter_begin(root);
@@ -418,7 +403,7 @@ bool kh_signd_config_parse(struct kh_signd_config *c, const char *json, size_t l
                 goto out;
         } else if (strcmp(name, "verify_signatures") == 0) {
             if (!json_object_is_type(v, json_type_boolean)) {
-                kh_pol_err(err, errlen, "'verify_signatures' must be true or false");
+                kh_signd_errf(err, errlen, "'verify_signatures' must be true or false");
                 goto out;
             }
             c->skip_verify = !json_object_get_boolean(v);
@@ -429,7 +414,7 @@ bool kh_signd_config_parse(struct kh_signd_config *c, const char *json, size_t l
         } else if (strcmp(name, "attestation") == 0) {
             struct json_object_iterator ai, ae;
             if (!json_object_is_type(v, json_type_object)) {
-                kh_pol_err(err, errlen, "'attestation' must be an object");
+                kh_signd_errf(err, errlen, "'attestation' must be an object");
                 goto out;
             }
             ai = json_object_iter_begin(v);
@@ -444,7 +429,7 @@ bool kh_signd_config_parse(struct kh_signd_config *c, const char *json, size_t l
                     if (!kh_cfg_string(&c->tpm_pcrs, av, "attestation.pcrs", err, errlen))
                         goto out;
                 } else {
-                    kh_pol_err(err, errlen, "unknown member attestation.%.64s", an);
+                    kh_signd_errf(err, errlen, "unknown member attestation.%.64s", an);
                     goto out;
                 }
             }
@@ -452,17 +437,17 @@ bool kh_signd_config_parse(struct kh_signd_config *c, const char *json, size_t l
             struct json_object_iterator ki, ke;
             size_t n;
             if (!json_object_is_type(v, json_type_object)) {
-                kh_pol_err(err, errlen, "'keys' must be an object: {\"<label>\": {policy}}");
+                kh_signd_errf(err, errlen, "'keys' must be an object: {\"<label>\": {policy}}");
                 goto out;
             }
             if (c->has_keys) {
-                kh_pol_err(err, errlen, "'keys' given twice");
+                kh_signd_errf(err, errlen, "'keys' given twice");
                 goto out;
             }
             n = (size_t)json_object_object_length(v);
             c->keys = calloc(n ? n : 1, sizeof *c->keys);
             if (!c->keys) {
-                kh_pol_err(err, errlen, "out of memory");
+                kh_signd_errf(err, errlen, "out of memory");
                 goto out;
             }
             c->has_keys = true;
@@ -471,7 +456,7 @@ bool kh_signd_config_parse(struct kh_signd_config *c, const char *json, size_t l
             for (; !json_object_iter_equal(&ki, &ke); json_object_iter_next(&ki)) {
                 const char *label = json_object_iter_peek_name(&ki);
                 if (label[0] == '\0') {
-                    kh_pol_err(err, errlen, "keys: a key label is empty");
+                    kh_signd_errf(err, errlen, "keys: a key label is empty");
                     goto out;
                 }
                 c->nkeys++;
@@ -480,12 +465,12 @@ bool kh_signd_config_parse(struct kh_signd_config *c, const char *json, size_t l
                     goto out;
             }
         } else {
-            kh_pol_err(err, errlen, "unknown member '%.64s'", name);
+            kh_signd_errf(err, errlen, "unknown member '%.64s'", name);
             goto out;
         }
     }
     if (c->default_key && c->has_keys && !kh_signd_config_key(c, c->default_key)) {
-        kh_pol_err(err, errlen, "default_key '%s' is not in 'keys'", c->default_key);
+        kh_signd_errf(err, errlen, "default_key '%s' is not in 'keys'", c->default_key);
         goto out;
     }
     ok = true;
@@ -504,17 +489,17 @@ bool kh_signd_config_load(struct kh_signd_config *c, const char *path, char *err
     int fd = open(path, O_RDONLY | O_CLOEXEC);
 
     if (fd < 0) {
-        kh_pol_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        kh_signd_errf(err, errlen, "cannot open %s: %s", path, strerror(errno));
         return false;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > KH_SIGND_CONFIG_MAX) {
-        kh_pol_err(err, errlen, "%s is not a regular file of at most %d bytes", path,
-                   KH_SIGND_CONFIG_MAX);
+        kh_signd_errf(err, errlen, "%s is not a regular file of at most %d bytes", path,
+                      KH_SIGND_CONFIG_MAX);
         goto out;
     }
     buf = malloc((size_t)st.st_size + 1);
     if (!buf) {
-        kh_pol_err(err, errlen, "out of memory");
+        kh_signd_errf(err, errlen, "out of memory");
         goto out;
     }
     while (len < (size_t)st.st_size) {
@@ -522,7 +507,7 @@ bool kh_signd_config_load(struct kh_signd_config *c, const char *path, char *err
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
-            kh_pol_err(err, errlen, "cannot read %s: %s", path, r ? strerror(errno) : "short file");
+            kh_signd_errf(err, errlen, "cannot read %s: %s", path, r ? strerror(errno) : "short file");
             goto out;
         }
         len += (size_t)r;
@@ -531,7 +516,7 @@ bool kh_signd_config_load(struct kh_signd_config *c, const char *path, char *err
     if (!kh_signd_config_parse(c, buf, len, err, errlen)) {
         char why[512];
         snprintf(why, sizeof why, "%s", err);
-        kh_pol_err(err, errlen, "%s: %s", path, why);
+        kh_signd_errf(err, errlen, "%s: %s", path, why);
         goto out;
     }
     ok = true;
@@ -554,14 +539,14 @@ bool kh_signd_policy_check_tx(const struct kh_signd_key_policy *p, const struct 
         if (i == p->nchain_ids) {
             char dec[80];
             kh_u256_to_dec(dec, sizeof dec, &tx->chain_id);
-            kh_pol_err(why, whylen, "chain id %s is not allowed for this key", dec);
+            kh_signd_errf(why, whylen, "chain id %s is not allowed for this key", dec);
             return false;
         }
     }
     if (p->has_to) {
         size_t i;
         if (!tx->has_to) {
-            kh_pol_err(why, whylen, "contract creation is not allowed for this key");
+            kh_signd_errf(why, whylen, "contract creation is not allowed for this key");
             return false;
         }
         for (i = 0; i < p->nto; i++)
@@ -570,34 +555,35 @@ bool kh_signd_policy_check_tx(const struct kh_signd_key_policy *p, const struct 
         if (i == p->nto) {
             char a[43];
             kh_eth_checksum_address(a, tx->to);
-            kh_pol_err(why, whylen, "recipient %s is not allowed for this key", a);
+            kh_signd_errf(why, whylen, "recipient %s is not allowed for this key", a);
             return false;
         }
     }
     if (p->has_selectors) {
         if (tx->data_len == 0) {
             if (!p->allow_empty_data) {
-                kh_pol_err(why, whylen, "a transaction without call data is not allowed for this key");
+                kh_signd_errf(why, whylen,
+                              "a transaction without call data is not allowed for this key");
                 return false;
             }
         } else {
             size_t i;
             if (tx->data_len < 4) {
-                kh_pol_err(why, whylen, "call data shorter than a 4-byte selector");
+                kh_signd_errf(why, whylen, "call data shorter than a 4-byte selector");
                 return false;
             }
             for (i = 0; i < p->nselectors; i++)
                 if (memcmp(p->selectors[i], tx->data, 4) == 0)
                     break;
             if (i == p->nselectors) {
-                kh_pol_err(why, whylen, "selector 0x%02x%02x%02x%02x is not allowed for this key",
-                           tx->data[0], tx->data[1], tx->data[2], tx->data[3]);
+                kh_signd_errf(why, whylen, "selector 0x%02x%02x%02x%02x is not allowed for this key",
+                              tx->data[0], tx->data[1], tx->data[2], tx->data[3]);
                 return false;
             }
         }
     }
     if (p->has_max_value && kh_u256_cmp(&tx->value, &p->max_value) > 0) {
-        kh_pol_err(why, whylen, "value exceeds this key's max_value");
+        kh_signd_errf(why, whylen, "value exceeds this key's max_value");
         return false;
     }
     return true;

@@ -28,21 +28,8 @@
 #include <secp256k1_schnorrsig.h>
 #include <sodium.h>
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-
-static void kh_why(char *why, size_t whylen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void kh_why(char *why, size_t whylen, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(why, whylen, fmt, ap);
-    va_end(ap);
-}
 
 int kh_signd_err_from_rv(CK_RV rv)
 {
@@ -111,21 +98,21 @@ bool kh_signd_key_prepare(struct kh_signd_key *key, char *why, size_t whylen)
     key->verifier = NULL;
     pthread_once(&kh_secp_once, kh_secp_init);
     if (!kh_secp_ctx) {
-        kh_why(why, whylen, "out of memory");
+        kh_signd_errf(why, whylen, "out of memory");
         return false;
     }
     if (key->pub.kind != key->desc.kind) {
-        kh_why(why, whylen, "the public key is not of the key's type");
+        kh_signd_errf(why, whylen, "the public key is not of the key's type");
         return false;
     }
     v = calloc(1, sizeof *v);
     if (!v) {
-        kh_why(why, whylen, "out of memory");
+        kh_signd_errf(why, whylen, "out of memory");
         return false;
     }
     if (key->pub.kind == KH_KEY_ED25519) {
         if (!key->pub.point || key->pub.point_len != 32) {
-            kh_why(why, whylen, "not an Ed25519 public key");
+            kh_signd_errf(why, whylen, "not an Ed25519 public key");
             free(v);
             return false;
         }
@@ -134,7 +121,7 @@ bool kh_signd_key_prepare(struct kh_signd_key *key, char *why, size_t whylen)
         if (!key->pub.point ||
             !secp256k1_ec_pubkey_parse(kh_secp_ctx, &v->k1, key->pub.point, key->pub.point_len) ||
             !secp256k1_xonly_pubkey_from_pubkey(kh_secp_ctx, &v->xonly, NULL, &v->k1)) {
-            kh_why(why, whylen, "not a secp256k1 public key");
+            kh_signd_errf(why, whylen, "not a secp256k1 public key");
             free(v);
             return false;
         }
@@ -146,7 +133,7 @@ bool kh_signd_key_prepare(struct kh_signd_key *key, char *why, size_t whylen)
         v->pkey = der ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
         free(der);
         if (!v->pkey) {
-            kh_why(why, whylen, "OpenSSL cannot use the public key");
+            kh_signd_errf(why, whylen, "OpenSSL cannot use the public key");
             free(v);
             return false;
         }
@@ -191,14 +178,14 @@ static bool kh_secp_finish(const struct kh_signd_key *key, const uint8_t *hash, 
     bool flipped;
 
     if (!secp256k1_ecdsa_signature_parse_compact(kh_secp_ctx, &es, sig)) {
-        kh_why(why, whylen, "the token returned an invalid signature");
+        kh_signd_errf(why, whylen, "the token returned an invalid signature");
         return false;
     }
     flipped = secp256k1_ecdsa_signature_normalize(kh_secp_ctx, &es, &es);
     secp256k1_ecdsa_signature_serialize_compact(kh_secp_ctx, sig, &es);
     if (!recoverable) {
         if (check && !secp256k1_ecdsa_verify(kh_secp_ctx, &es, hash, &v->k1)) {
-            kh_why(why, whylen, "the token's signature does not verify with key %s", key->label);
+            kh_signd_errf(why, whylen, "the token's signature does not verify with key %s", key->label);
             return false;
         }
         return true;
@@ -213,7 +200,7 @@ static bool kh_secp_finish(const struct kh_signd_key *key, const uint8_t *hash, 
                 recid = i;
     }
     if (recid < 0) {
-        kh_why(why, whylen, "the token's signature does not recover to key %s", key->label);
+        kh_signd_errf(why, whylen, "the token's signature does not recover to key %s", key->label);
         return false;
     }
     sig[64] = (uint8_t)recid;
@@ -383,16 +370,16 @@ int kh_signd_sign(struct kh_signd_worker *w, const struct kh_signd_key *key,
     *siglen = 0;
     pthread_once(&kh_secp_once, kh_secp_init);
     if (!kh_secp_ctx) {
-        kh_why(why, whylen, "out of memory");
+        kh_signd_errf(why, whylen, "out of memory");
         return KH_SIGND_E_INTERNAL;
     }
     if (!key->verifier) {
-        kh_why(why, whylen, "key %s has no verifier (not prepared)", key->label);
+        kh_signd_errf(why, whylen, "key %s has no verifier (not prepared)", key->label);
         return KH_SIGND_E_INTERNAL;
     }
     if (!kh_alg_fits(in->alg, key->desc.kind)) {
-        kh_why(why, whylen, "%s does not fit key %s (%s)", kh_signd_alg_name(in->alg), key->label,
-               kh_keykind_name(key->desc.kind));
+        kh_signd_errf(why, whylen, "%s does not fit key %s (%s)", kh_signd_alg_name(in->alg),
+                      key->label, kh_keykind_name(key->desc.kind));
         return KH_SIGND_E_UNSUPPORTED;
     }
     switch (in->alg) {
@@ -426,7 +413,7 @@ int kh_signd_sign(struct kh_signd_worker *w, const struct kh_signd_key *key,
         want = (kh_pubkey_rsa_bits(&key->pub) + 7) / 8;
         break;
     default:
-        kh_why(why, whylen, "unknown algorithm");
+        kh_signd_errf(why, whylen, "unknown algorithm");
         return KH_SIGND_E_UNSUPPORTED;
     }
 
@@ -437,12 +424,12 @@ int kh_signd_sign(struct kh_signd_worker *w, const struct kh_signd_key *key,
             (void)f->C_SignInit(w->session, NULL, key->priv);   /* PKCS#11 3.0: ends the operation */
     }
     if (rv != CKR_OK) {
-        kh_why(why, whylen, "the token refused to sign: %s", kh_rv_name(rv));
+        kh_signd_errf(why, whylen, "the token refused to sign: %s", kh_rv_name(rv));
         return kh_signd_err_from_rv(rv);
     }
     if (len != want) {
-        kh_why(why, whylen, "the token returned a %lu-byte signature, %zu expected",
-               (unsigned long)len, want);
+        kh_signd_errf(why, whylen, "the token returned a %lu-byte signature, %zu expected",
+                      (unsigned long)len, want);
         return KH_SIGND_E_INTERNAL;
     }
 
@@ -476,7 +463,7 @@ int kh_signd_sign(struct kh_signd_worker *w, const struct kh_signd_key *key,
     return 0;
 
 bad_verify:
-    kh_why(why, whylen, "the token's signature does not verify with key %s", key->label);
+    kh_signd_errf(why, whylen, "the token's signature does not verify with key %s", key->label);
 bad:
     memset(sig, 0, KH_SIGND_SIG_MAX);
     kh_signd_log("key=%s %s: %s", key->label, kh_signd_alg_name(in->alg), why);
