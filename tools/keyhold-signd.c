@@ -211,7 +211,7 @@ static CK_RV kh_key_pubkey(struct kh_signd *srv, struct kh_signd_key *k)
     return rv;
 }
 
-static struct kh_signd_key *kh_find_key(struct kh_signd *srv, const char *label)
+struct kh_signd_key *kh_signd_key_find(const struct kh_signd *srv, const char *label)
 {
     for (size_t i = 0; i < srv->nkeys; i++)
         if (strcmp(srv->keys[i].label, label) == 0)
@@ -262,7 +262,7 @@ static int kh_load_keys(struct kh_signd *srv, const char *default_label)
             kh_p11_key_clear(&k->desc);
             continue;                          /* no label to name it by, or unusable */
         }
-        if (kh_find_key(srv, k->desc.label)) {
+        if (kh_signd_key_find(srv, k->desc.label)) {
             fprintf(stderr, "keyhold-signd: token '%s' has two private keys labelled '%s'; "
                     "labels of served keys must be unique\n", srv->tok.label, k->desc.label);
             kh_p11_key_clear(&k->desc);
@@ -289,7 +289,7 @@ static int kh_load_keys(struct kh_signd *srv, const char *default_label)
         srv->nkeys++;
     }
     for (size_t i = 0; srv->cfg.has_keys && i < srv->cfg.nkeys; i++)
-        if (!kh_find_key(srv, srv->cfg.keys[i].label)) {
+        if (!kh_signd_key_find(srv, srv->cfg.keys[i].label)) {
             fprintf(stderr, "keyhold-signd: key '%s' of the configuration is not a private key "
                     "on token '%s'\n", srv->cfg.keys[i].label, srv->tok.label);
             goto out;
@@ -298,7 +298,7 @@ static int kh_load_keys(struct kh_signd *srv, const char *default_label)
     if (!default_label)
         default_label = srv->cfg.default_key;
     if (default_label) {
-        srv->default_key = kh_find_key(srv, default_label);
+        srv->default_key = kh_signd_key_find(srv, default_label);
         if (!srv->default_key) {
             fprintf(stderr, "keyhold-signd: default key '%s' is not served from token '%s'\n",
                     default_label, srv->tok.label);

@@ -227,9 +227,7 @@ static bool kh_req_key(struct kh_req *r, struct kh_signd_key **out)
                                "no default key: name one with params.key (see 'keys')");
         *out = srv->default_key;
     } else {
-        for (size_t i = 0; i < srv->nkeys; i++)
-            if (strcmp(srv->keys[i].label, label) == 0)
-                *out = &srv->keys[i];
+        *out = kh_signd_key_find(srv, label);
         if (!*out)
             return kh_req_fail(r, KH_SIGND_E_UNKNOWN_KEY, "no such key is served");
     }

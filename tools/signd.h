@@ -112,6 +112,9 @@ enum kh_signd_errcode {
     KH_SIGND_E_INTERNAL = 6,
 };
 
+/* Returns: the served key labelled label, or NULL (keyhold-signd.c). */
+struct kh_signd_key *kh_signd_key_find(const struct kh_signd *srv, const char *label);
+
 /* Returns: the name of an error code ("denied"), "error" for others. */
 const char *kh_signd_err_name(int code);
 
