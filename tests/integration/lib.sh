@@ -63,12 +63,17 @@ run() {
     [ -z "$out" ] || printf '%s\n' "$out" | sed 's/^/     | /'
 }
 
-# must_fail <cmd...>: the command must exit non-zero (negative checks).
+# must_fail <cmd...>: the command must refuse, i.e. exit non-zero (negative
+# checks). A crash, a timeout or a command that could not be run is not a
+# refusal: exit 124 and above (timeout, env/exec failures, 128 + signal) fails.
 must_fail() {
+    local rc=0
     echo "   \$ ! $*"
-    if "$@" >"$KH_TMP/must_fail.out" 2>&1; then
+    "$@" >"$KH_TMP/must_fail.out" 2>&1 || rc=$?
+    if [ "$rc" -eq 0 ] || [ "$rc" -ge 124 ]; then
         sed 's/^/     | /' "$KH_TMP/must_fail.out" >&2
-        fail "command unexpectedly succeeded: $*"
+        [ "$rc" -ne 0 ] || fail "command unexpectedly succeeded: $*"
+        fail "command crashed, timed out or did not run (exit $rc) instead of refusing: $*"
     fi
     sed 's/^/     | /' "$KH_TMP/must_fail.out"
 }
@@ -100,6 +105,20 @@ with_module() {
 p11() { with_module pkcs11-tool --module "$KEYHOLD_MODULE" "$@"; }
 kh() { with_module "$KEYHOLD_TOOL" "$@"; }
 
+# p11_rejects <pkcs11-tool --verify args...>: C_Verify must refuse the
+# signature with CKR_SIGNATURE_INVALID. pkcs11-tool 0.23 reports that as
+# "Invalid signature" and may still exit 0, and any other error differently:
+# the text is what counts, and a crash or timeout fails.
+p11_rejects() {
+    local out rc=0
+    echo "   \$ ! pkcs11-tool $*"
+    out="$(p11 "$@" 2>&1)" || rc=$?
+    printf '%s\n' "$out" | sed 's/^/     | /'
+    [ "$rc" -lt 124 ] || fail "pkcs11-tool crashed or timed out (exit $rc): $*"
+    printf '%s\n' "$out" | has '^Invalid signature' ||
+        fail "C_Verify did not report CKR_SIGNATURE_INVALID: pkcs11-tool $*"
+}
+
 # has <grep args>: like grep -q but reads all its input, so the writer of a
 # pipe never dies of SIGPIPE (which pipefail would turn into a failure).
 has() { grep "$@" >/dev/null; }
@@ -107,6 +126,21 @@ has() { grep "$@" >/dev/null; }
 # Hex helpers (xxd is in the deps).
 tohex() { xxd -p "$1" | tr -d '\n'; }
 fromhex() { xxd -r -p; }
+
+# digestinfo_sha256 <digest> <out>: the PKCS#1 v1.5 DigestInfo of a SHA-256
+# digest (RFC 8017 9.2), built by openssl asn1parse.
+digestinfo_sha256() {
+    cat >"$2.cnf" <<EOF
+asn1 = SEQUENCE:digestinfo
+[digestinfo]
+alg = SEQUENCE:alg
+digest = FORMAT:HEX,OCTETSTRING:$(tohex "$1")
+[alg]
+oid = OID:sha256
+params = NULL
+EOF
+    openssl asn1parse -genconf "$2.cnf" -out "$2" >/dev/null
+}
 
 # flip_byte <in> <out> [offset]: copy in to out with one byte inverted.
 flip_byte() {

@@ -103,10 +103,8 @@ second line"
     jq '.content = .content + "!"' "$KH_TMP/$label.event.json" >"$KH_TMP/bad2.json"
     must_fail js nostr-verify "$KH_TMP/bad2.json"
     must_fail js schnorr-verify "$(tohex "$KH_TMP/$label.sig.bad")" "$evid" "$xonly"
-    out="$(p11 "${P[@]}" --verify --id "$id" -m "$MECH_SCHNORR" -i "$KH_TMP/$label.id" \
-        --signature-file "$KH_TMP/$label.sig.bad" 2>&1 || true)"
-    echo "$out" | sed 's/^/     | /'
-    echo "$out" | has '^Signature is valid' && fail "module accepted a flipped BIP-340 signature"
+    p11_rejects "${P[@]}" --verify --id "$id" -m "$MECH_SCHNORR" -i "$KH_TMP/$label.id" \
+        --signature-file "$KH_TMP/$label.sig.bad"
     ok "$label: flipped byte / altered event rejected by JS and by the module"
 
     say "$label: Ethereum address: keyhold vs JS (from the openssl-decoded public key)"
@@ -173,9 +171,8 @@ while IFS=, read -r idx sk pk aux msg vsig result _; do
     printf '%s' "$vsig" | fromhex >"$KH_TMP/v$idx.vsig"
     run p11 "${P[@]}" --verify --id "$vid" -m "$MECH_SCHNORR" -i "$KH_TMP/v$idx.msg" --signature-file "$KH_TMP/v$idx.vsig"
     flip_byte "$KH_TMP/v$idx.vsig" "$KH_TMP/v$idx.vsig.bad" 63
-    out="$(p11 "${P[@]}" --verify --id "$vid" -m "$MECH_SCHNORR" -i "$KH_TMP/v$idx.msg" \
-        --signature-file "$KH_TMP/v$idx.vsig.bad" 2>&1 || true)"
-    echo "$out" | has '^Signature is valid' && fail "vector $idx: module accepted a flipped vector signature"
+    p11_rejects "${P[@]}" --verify --id "$vid" -m "$MECH_SCHNORR" -i "$KH_TMP/v$idx.msg" \
+        --signature-file "$KH_TMP/v$idx.vsig.bad"
     ok "vector $idx: public key matches, module signature verified by JS, vector signature verified by the module"
     nvec=$((nvec + 1))
 done <"$vectors"

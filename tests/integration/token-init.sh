@@ -25,7 +25,15 @@ flags_of() {
         /token flags *:/ { if (lab == l) { print; exit } }'
 }
 count_uninit() { p11 -L 2>/dev/null | grep -c 'token state: *uninitialized' || true; }
-count_objects() { p11 --token-label "$1" "${@:2}" --list-objects 2>/dev/null | grep -cE '^(Private|Public) Key Object' || true; }
+# count_objects <label> [pkcs11-tool args...]: key objects listed on that
+# token; a listing that fails (wrong PIN, no such token) fails the test
+# rather than counting as none.
+count_objects() {
+    local out
+    out="$(p11 --token-label "$1" "${@:2}" --list-objects 2>&1)" ||
+        { printf '%s\n' "$out" >&2; fail "pkcs11-tool --list-objects on token $1 failed"; }
+    printf '%s\n' "$out" | grep -cE '^(Private|Public) Key Object' || true
+}
 
 say "an empty store offers exactly one free (uninitialised) slot"
 run p11 -L
