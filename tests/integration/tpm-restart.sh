@@ -38,7 +38,9 @@ ok "keys made under the on-demand primary sign under the persisted one"
 
 say "one process across restarts (no re-initialisation)"
 coproc SRV { with_module "$KH_TPM_RESTART" serve 2>&1; }
+# bash unsets SRV and SRV_PID once it reaps the coprocess: keep copies.
 exec {to}>&"${SRV[1]}" {from}<&"${SRV[0]}"
+srv_pid="$SRV_PID"
 ask() { echo "$1" >&"$to"; local l; read -r -t 120 l <&"$from" || fail "no answer to '$1'"; echo "     > $l" >&2; echo "$l"; }
 read -r -t 60 line <&"$from" || fail "serve did not start"
 [ "$line" = ready ] || fail "serve: $line"
@@ -98,5 +100,5 @@ done
 
 r="$(ask quit)"
 [ "$r" = "finalized CKR_OK" ] || fail "serve: $r"
-wait "$SRV_PID" || fail "serve exited with an error"
+wait "$srv_pid" || fail "serve exited with an error"
 ok "C_Finalize after all that"
