@@ -12,7 +12,8 @@
  * checked with C_Verify and, except BIP-340, with OpenSSL), and every 10th
  * iteration generate a key pair labelled "gen-<pid>-<thread>-<n>" (random
  * algorithm), sign with it once and record its label. Any CK_RV other than
- * CKR_OK is an error: printed with its context and counted.
+ * CKR_OK is an error: printed with its context and counted, and so is a
+ * child that signed, verified or generated nothing.
  *
  * Afterwards the parent initializes again and checks that every recorded
  * label finds exactly one private and one public key, and that the token
@@ -458,6 +459,12 @@ static int conc_child(CK_FUNCTION_LIST_PTR fl, int child, double seconds, const 
         ossl += t->ossl_checks;
         gens += t->gens;
         iters += t->iters;
+    }
+    /* A run that signed, verified or generated nothing checked nothing. */
+    if (signs == 0 || verifies == 0 || gens == 0) {
+        fprintf(stderr, "ERROR child %d: nothing done before the deadline (%lu signatures, %lu C_Verify, "
+                        "%lu key pairs)\n", child, signs, verifies, gens);
+        errors++;
     }
     if (!conc_write_labels(labels_path, threads))
         errors++;
