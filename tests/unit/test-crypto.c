@@ -45,22 +45,6 @@ static kh_pubkey ec_pub(kh_alg alg, const char *hex)
     return p;
 }
 
-/* Test data (digests, messages, aux) from the run's seed, so a failure replays
- * with KH_TEST_SEED; keys still come from the OS RNG. */
-static void fill_rand(uint8_t *buf, size_t len)
-{
-    static uint64_t state;
-
-    if (!state)
-        state = kh_test_seed() | 1;
-    for (size_t i = 0; i < len; i++) {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        buf[i] = (uint8_t)((state * 0x2545F4914F6CDD1DULL) >> 56);
-    }
-}
-
 /* Sign into a fresh buffer sized by kh_softkey_sig_len. */
 static CK_RV sign(const kh_softkey *key, kh_sigop op, const kh_sigparams *prm,
                   const uint8_t *data, size_t len, uint8_t *sig, size_t *siglen)
@@ -393,9 +377,9 @@ static void test_roundtrip_secp256k1(void)
     if (!key)
         return;
     KH_CHECK(pub.point_len == 65 && pub.point[0] == 4);
-    fill_rand(d32, sizeof d32);
-    fill_rand(d48, sizeof d48);
-    fill_rand(aux, sizeof aux);
+    kh_test_rand(d32, sizeof d32);
+    kh_test_rand(d48, sizeof d48);
+    kh_test_rand(aux, sizeof aux);
     roundtrip(key, &pub, KH_OP_ECDSA, NULL, d32, 32);
     roundtrip(key, &pub, KH_OP_ECDSA, NULL, d48, 48);
     roundtrip(key, &pub, KH_OP_ECDSA, NULL, d32, 20);
@@ -416,7 +400,7 @@ static void test_roundtrip_ec(kh_alg alg, size_t flen)
         return;
     KH_CHECK(pub.point_len == 1 + 2 * flen && pub.point[0] == 4);
     KH_CHECK(kh_crypto_sig_len(&pub, KH_OP_ECDSA) == 2 * flen);
-    fill_rand(d, sizeof d);
+    kh_test_rand(d, sizeof d);
     roundtrip(key, &pub, KH_OP_ECDSA, NULL, d, 32);
     roundtrip(key, &pub, KH_OP_ECDSA, NULL, d, 48);
     roundtrip(key, &pub, KH_OP_ECDSA, NULL, d, 64);
@@ -438,7 +422,7 @@ static void test_roundtrip_ed25519(void)
     gen_load(KH_ALG_ED25519, 0, &pub, &key);
     if (!key)
         return;
-    fill_rand(m, sizeof m);
+    kh_test_rand(m, sizeof m);
     roundtrip(key, &pub, KH_OP_EDDSA, NULL, m, sizeof m);
     roundtrip(key, &pub, KH_OP_EDDSA, NULL, m, 1);
     /* deterministic */
@@ -523,7 +507,7 @@ static void test_k1_low_s(void)
     if (!key)
         return;
     for (int i = 0; i < 200; i++) {
-        fill_rand(d, sizeof d);
+        kh_test_rand(d, sizeof d);
         KH_CHECK_RV(sign(key, KH_OP_ECDSA, NULL, d, 32, sig, &siglen), CKR_OK);
         if (memcmp(sig + 32, half, 32) > 0)
             high++;
@@ -555,7 +539,7 @@ static void test_bip340_fresh_aux(void)
     gen_load(KH_ALG_SECP256K1, 0, &pub, &key);
     if (!key)
         return;
-    fill_rand(m, sizeof m);
+    kh_test_rand(m, sizeof m);
     for (int i = 0; i < 80; i++) {
         KH_CHECK_RV(sign(key, KH_OP_BIP340, NULL, m, 32, sigs[i], &l), CKR_OK);
         KH_CHECK(l == 64);
@@ -582,7 +566,7 @@ static void test_k1_recover(void)
         secp256k1_ecdsa_recoverable_signature rs;
         secp256k1_pubkey pk;
 
-        fill_rand(d, sizeof d);
+        kh_test_rand(d, sizeof d);
         KH_CHECK_RV(sign(key, KH_OP_ECDSA_RECOVER, NULL, d, 32, sig, &siglen), CKR_OK);
         KH_CHECK(siglen == 65 && sig[64] <= 1);
         v1 += sig[64];
@@ -616,7 +600,7 @@ static void test_k1_truncation(void)
     gen_load(KH_ALG_SECP256K1, 0, &pub, &key);
     if (!key)
         return;
-    fill_rand(d, sizeof d);
+    kh_test_rand(d, sizeof d);
     KH_CHECK_RV(sign(key, KH_OP_ECDSA, NULL, d, 48, s1, &l1), CKR_OK);
     KH_CHECK_RV(sign(key, KH_OP_ECDSA, NULL, d, 32, s2, &l2), CKR_OK);
     KH_CHECK(memcmp(s1, s2, 64) == 0);   /* RFC 6979: same integer, same signature */
@@ -639,7 +623,7 @@ static void test_p256_truncation(void)
     gen_load(KH_ALG_P256, 0, &pub, &key);
     if (!key)
         return;
-    fill_rand(d, sizeof d);
+    kh_test_rand(d, sizeof d);
     KH_CHECK_RV(sign(key, KH_OP_ECDSA, NULL, d, 64, s, &l), CKR_OK);
     KH_CHECK_RV(kh_crypto_verify(&pub, KH_OP_ECDSA, NULL, d, 32, s, 64), CKR_OK);
     kh_softkey_free(key);
@@ -845,168 +829,67 @@ out:
 
 /* ---- Wycheproof ------------------------------------------------------- */
 
-static kh_hash hash_by_name(const char *s)
-{
-    if (!s)
-        return KH_HASH_NONE;
-    if (!strcmp(s, "SHA-1"))
-        return KH_HASH_SHA1;
-    if (!strcmp(s, "SHA-224"))
-        return KH_HASH_SHA224;
-    if (!strcmp(s, "SHA-256"))
-        return KH_HASH_SHA256;
-    if (!strcmp(s, "SHA-384"))
-        return KH_HASH_SHA384;
-    if (!strcmp(s, "SHA-512"))
-        return KH_HASH_SHA512;
-    return KH_HASH_NONE;
-}
-
-enum wp_kind { WP_ECDSA, WP_EDDSA, WP_RSA_PKCS1, WP_RSA_PSS };
-
-/* Build the public key and per-group parameters of one Wycheproof test group. */
-static bool wp_group(json_object *g, enum wp_kind kind, kh_alg alg, kh_pubkey *pub,
-                     kh_hash *hash, kh_sigparams *prm)
-{
-    json_object *pk = kh_vec_jobj(g, "publicKey");
-    const char *s;
-    uint8_t *b;
-    size_t len;
-
-    memset(pub, 0, sizeof *pub);
-    memset(prm, 0, sizeof *prm);
-    pub->alg = alg;
-    *hash = hash_by_name(kh_vec_jstr(g, "sha"));
-    if (!pk)
-        return false;
-    switch (kind) {
-    case WP_ECDSA:
-        s = kh_vec_jstr(pk, "uncompressed");
-        if (!s || *hash == KH_HASH_NONE)
-            return false;
-        pub->point_len = unhex_to(pub->point, sizeof pub->point, s);
-        return true;
-    case WP_EDDSA:
-        s = kh_vec_jstr(pk, "pk");
-        if (!s)
-            return false;
-        pub->point_len = unhex_to(pub->point, sizeof pub->point, s);
-        return true;
-    case WP_RSA_PKCS1:
-    case WP_RSA_PSS:
-        if (!kh_vec_jstr(pk, "modulus") || !kh_vec_jstr(pk, "publicExponent") || *hash == KH_HASH_NONE)
-            return false;
-        b = kh_test_unhex(kh_vec_jstr(pk, "modulus"), &len);
-        if (!b)
-            return false;
-        {
-            size_t off = 0;
-            while (off < len && b[off] == 0)
-                off++;
-            if (len - off > sizeof pub->n) {
-                free(b);
-                return false;
-            }
-            memcpy(pub->n, b + off, len - off);
-            pub->n_len = len - off;
-        }
-        free(b);
-        pub->e_len = unhex_to(pub->e, sizeof pub->e, kh_vec_jstr(pk, "publicExponent"));
-        if (kind == WP_RSA_PSS) {
-            prm->pss_hash = *hash;
-            prm->pss_mgf_hash = hash_by_name(kh_vec_jstr(g, "mgfSha"));
-            prm->pss_salt_len = (size_t)json_object_get_int(kh_vec_jobj(g, "sLen"));
-            if (!kh_vec_jstr(g, "mgf") || strcmp(kh_vec_jstr(g, "mgf"), "MGF1") != 0)
-                return false;
-        }
-        return true;
-    }
-    return false;
-}
-
-static CK_RV wp_verify(enum wp_kind kind, const kh_pubkey *pub, kh_hash hash, const kh_sigparams *prm,
-                       const uint8_t *msg, size_t msg_len, const uint8_t *sig, size_t sig_len)
-{
-    uint8_t dig[64], di[19 + 64];
-    size_t hlen = kh_hash_len(hash), plen;
-    const uint8_t *pfx;
-
-    switch (kind) {
-    case WP_ECDSA:
-        KH_CHECK_RV(kh_hash_oneshot(dig, hash, msg, msg_len), CKR_OK);
-        return kh_crypto_verify(pub, KH_OP_ECDSA, NULL, dig, hlen, sig, sig_len);
-    case WP_EDDSA:
-        return kh_crypto_verify(pub, KH_OP_EDDSA, NULL, msg, msg_len, sig, sig_len);
-    case WP_RSA_PKCS1:
-        pfx = kh_hash_digestinfo_prefix(hash, &plen);
-        memcpy(di, pfx, plen);
-        KH_CHECK_RV(kh_hash_oneshot(di + plen, hash, msg, msg_len), CKR_OK);
-        return kh_crypto_verify(pub, KH_OP_RSA_PKCS, NULL, di, plen + hlen, sig, sig_len);
-    case WP_RSA_PSS:
-        KH_CHECK_RV(kh_hash_oneshot(dig, hash, msg, msg_len), CKR_OK);
-        return kh_crypto_verify(pub, KH_OP_RSA_PSS, prm, dig, hlen, sig, sig_len);
-    }
-    return CKR_GENERAL_ERROR;
-}
-
+/* Keys, hashes and data from vectors.c; kh_crypto_verify gives the verdict. */
 struct wp_ctx {
-    enum wp_kind kind;
+    kh_sigop op;
     kh_alg alg;
-    kh_pubkey pub;
-    kh_hash hash;
-    kh_sigparams prm;
+    struct kh_vec_wp_key k;
 };
 
-static enum kh_vec_group wp_group_cb(void *ctx, json_object *g)
+static enum kh_vec_group wp_group(void *ctx, json_object *g)
 {
     struct wp_ctx *w = ctx;
-    return wp_group(g, w->kind, w->alg, &w->pub, &w->hash, &w->prm) ? KH_VEC_GROUP_OK : KH_VEC_GROUP_BAD;
+    return kh_vec_wp_key(&w->k, g, w->op, w->alg) ? KH_VEC_GROUP_OK : KH_VEC_GROUP_BAD;
 }
 
-static CK_RV wp_verify_cb(void *ctx, int tc, const uint8_t *msg, size_t msg_len, const uint8_t *sig,
-                          size_t sig_len)
+static CK_RV wp_verify(void *ctx, int tc, const uint8_t *msg, size_t msg_len, const uint8_t *sig,
+                       size_t sig_len)
 {
     struct wp_ctx *w = ctx;
+    uint8_t buf[KH_VEC_WP_DATA_MAX];
+    size_t len;
+    const uint8_t *data = kh_vec_wp_data(&w->k, buf, msg, msg_len, &len);
+
     (void)tc;
-    return wp_verify(w->kind, &w->pub, w->hash, &w->prm, msg, msg_len, sig, sig_len);
+    return kh_crypto_verify(&w->k.pub, w->k.op, kh_vec_wp_params(&w->k), data, len, sig, sig_len);
 }
 
-static void wycheproof(const char *file, enum wp_kind kind, kh_alg alg)
+static void wycheproof(const char *file, kh_sigop op, kh_alg alg)
 {
-    static const struct kh_vec_wp_ops ops = { .group = wp_group_cb, .verify = wp_verify_cb };
-    struct wp_ctx w = { .kind = kind, .alg = alg };
+    static const struct kh_vec_wp_ops ops = { .group = wp_group, .verify = wp_verify };
+    struct wp_ctx w = { .op = op, .alg = alg };
 
     kh_vec_wycheproof(file, &ops, &w, NULL);
 }
 
 static void test_wp_k1(void)
 {
-    wycheproof("wycheproof_ecdsa_secp256k1_sha256_p1363_test.json", WP_ECDSA, KH_ALG_SECP256K1);
+    wycheproof("wycheproof_ecdsa_secp256k1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_SECP256K1);
 }
 
 static void test_wp_p256(void)
 {
-    wycheproof("wycheproof_ecdsa_secp256r1_sha256_p1363_test.json", WP_ECDSA, KH_ALG_P256);
+    wycheproof("wycheproof_ecdsa_secp256r1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_P256);
 }
 
 static void test_wp_p384(void)
 {
-    wycheproof("wycheproof_ecdsa_secp384r1_sha384_p1363_test.json", WP_ECDSA, KH_ALG_P384);
+    wycheproof("wycheproof_ecdsa_secp384r1_sha384_p1363_test.json", KH_OP_ECDSA, KH_ALG_P384);
 }
 
 static void test_wp_ed25519(void)
 {
-    wycheproof("wycheproof_ed25519_test.json", WP_EDDSA, KH_ALG_ED25519);
+    wycheproof("wycheproof_ed25519_test.json", KH_OP_EDDSA, KH_ALG_ED25519);
 }
 
 static void test_wp_rsa_pkcs1(void)
 {
-    wycheproof("wycheproof_rsa_signature_2048_sha256_test.json", WP_RSA_PKCS1, KH_ALG_RSA);
+    wycheproof("wycheproof_rsa_signature_2048_sha256_test.json", KH_OP_RSA_PKCS, KH_ALG_RSA);
 }
 
 static void test_wp_rsa_pss(void)
 {
-    wycheproof("wycheproof_rsa_pss_2048_sha256_mgf1_32_test.json", WP_RSA_PSS, KH_ALG_RSA);
+    wycheproof("wycheproof_rsa_pss_2048_sha256_mgf1_32_test.json", KH_OP_RSA_PSS, KH_ALG_RSA);
 }
 
 /* ---- BIP-340 ---------------------------------------------------------- */
@@ -1036,9 +919,9 @@ static void test_bip340(void)
         rows++;
         if (r.msg_len != 32) {
             not32++;
-            if (kh_pubkey_from_xonly(&pub, r.pk) == CKR_OK)
-                KH_CHECK_RV(kh_crypto_verify(&pub, KH_OP_BIP340, NULL, r.msg, r.msg_len, r.sig, 64),
-                            CKR_DATA_LEN_RANGE);
+            KH_CHECK_RV(kh_pubkey_from_xonly(&pub, r.pk), CKR_OK);
+            KH_CHECK_RV(kh_crypto_verify(&pub, KH_OP_BIP340, NULL, r.msg, r.msg_len, r.sig, 64),
+                        CKR_DATA_LEN_RANGE);
             continue;
         }
         if (r.sk_len == 32) {

@@ -300,7 +300,7 @@ static void test_fork(void)
         insert_n(tok_a, 2, 1);
         bad |= !cached(tok_a, 2, 1, NULL);
         kh_keycache_flush_all();
-        _exit(bad);
+        _exit(bad || kh_test_failed());
     }
     int status = 0;
     KH_CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);

@@ -2,7 +2,8 @@
  * Known-answer vectors through the PKCS#11 API (the statically linked core,
  * reached by C_GetFunctionList): every Wycheproof case of the shared files
  * verified with the public key made a session object, BIP-340 signatures
- * reproduced and verified, and CKM_KH_ECDSA_RECOVERABLE checked against
+ * reproduced and verified (messages that are not 32 bytes refused with
+ * CKR_DATA_LEN_RANGE), and CKM_KH_ECDSA_RECOVERABLE checked against
  * libsecp256k1's recovery. test-crypto.c runs the same files one layer down.
  */
 #include <stdlib.h>
@@ -33,21 +34,6 @@ static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
 static CK_OBJECT_CLASS cls_pub = CKO_PUBLIC_KEY, cls_priv = CKO_PRIVATE_KEY;
 
 #define ATTR(t, v) { (t), (void *)(v), sizeof *(v) }
-
-/* Test data from the run's seed, so a failure replays with KH_TEST_SEED. */
-static void fill_rand(uint8_t *buf, size_t len)
-{
-    static uint64_t state;
-
-    if (!state)
-        state = kh_test_seed() | 1;
-    for (size_t i = 0; i < len; i++) {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        buf[i] = (uint8_t)((state * 0x2545F4914F6CDD1DULL) >> 56);
-    }
-}
 
 /* ---- setup: a fresh token in a temporary store, a user session ---- */
 
@@ -376,22 +362,27 @@ static bool bip340_sign(const struct kh_vec_bip340_row *r)
     return false;
 }
 
-/* Verify the row through the module; true when the verdict is the expected one. */
-static bool bip340_verify(const struct kh_vec_bip340_row *r, bool *multi_done)
+/*
+ * Verify the row through the module, with its key lifted to der (NULL: X is
+ * off the curve). True when the verdict is the expected one: the row's for a
+ * 32-byte message, CKR_DATA_LEN_RANGE for any other length (the mechanism
+ * signs 32 bytes).
+ */
+static bool bip340_verify(const struct kh_vec_bip340_row *r, const uint8_t *der, bool *multi_done)
 {
     CK_KEY_TYPE kt = CKK_EC;
-    uint8_t der[67];
     CK_ATTRIBUTE t[] = {
         ATTR(CKA_CLASS, &cls_pub), ATTR(CKA_KEY_TYPE, &kt), ATTR(CKA_TOKEN, &ck_false),
         ATTR(CKA_VERIFY, &ck_true),
         { CKA_EC_PARAMS, (void *)oid_k1, sizeof oid_k1 },
-        { CKA_EC_POINT, der, sizeof der },
+        { CKA_EC_POINT, (void *)der, 67 },
     };
     CK_MECHANISM mech = { CKM_KH_BIP340_SCHNORR, NULL, 0 };
     CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+    bool right;
     CK_RV rv;
 
-    if (!lift_x(der, r->pk)) {
+    if (!der) {
         if (r->expect)
             kh_test_fail(__FILE__, __LINE__, "bip340 row %s: valid, but its X is not on the curve", r->index);
         return !r->expect;
@@ -402,20 +393,25 @@ static bool bip340_verify(const struct kh_vec_bip340_row *r, bool *multi_done)
                      (unsigned long)rv);
         return false;
     }
-    rv = verify_once(&mech, key, r->msg, 32, r->sig, 64);
+    rv = verify_once(&mech, key, r->msg, r->msg_len, r->sig, 64);
     if (!*multi_done) {   /* once each way through C_VerifyUpdate/Final */
-        CK_RV rv2 = verify_multi(&mech, key, r->msg, 32, r->sig, 64);
+        CK_RV rv2 = verify_multi(&mech, key, r->msg, r->msg_len, r->sig, 64);
         if (rv2 != rv)
             kh_test_fail(__FILE__, __LINE__, "bip340 row %s: C_Verify 0x%lx, C_VerifyUpdate/Final 0x%lx",
                          r->index, (unsigned long)rv, (unsigned long)rv2);
         *multi_done = true;
     }
     KH_CHECK_RV(fl->C_DestroyObject(sess, key), CKR_OK);
-    if (r->expect ? rv == CKR_OK : (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE))
-        return true;
-    kh_test_fail(__FILE__, __LINE__, "bip340 row %s (%s): expected %s, got 0x%lx", r->index, r->comment,
-                 r->expect ? "TRUE" : "FALSE", (unsigned long)rv);
-    return false;
+    if (r->msg_len != 32)
+        right = rv == CKR_DATA_LEN_RANGE;
+    else
+        right = r->expect ? rv == CKR_OK : (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE);
+    if (!right)
+        kh_test_fail(__FILE__, __LINE__, "bip340 row %s (%s, %zu-byte message): expected %s, got 0x%lx",
+                     r->index, r->comment, r->msg_len,
+                     r->msg_len != 32 ? "CKR_DATA_LEN_RANGE" : r->expect ? "TRUE" : "FALSE",
+                     (unsigned long)rv);
+    return right;
 }
 
 static void test_bip340(void)
@@ -423,7 +419,7 @@ static void test_bip340(void)
     FILE *f = fopen(kh_test_vector_path("bip340_test_vectors.csv"), "r");
     struct kh_vec_bip340_row r;
     unsigned rows = 0, signs = 0, signed_ok = 0, verify_ok = 0, verify_true = 0, verify_false = 0;
-    unsigned off_curve = 0, skipped = 0;
+    unsigned off_curve = 0, not32 = 0, not32_refused = 0;
     bool multi_true = false, multi_false = false;
 
     KH_CHECK(f != NULL);
@@ -434,21 +430,21 @@ static void test_bip340(void)
     }
     while (kh_vec_bip340_next(f, &r)) {
         uint8_t der[67];
+        bool on_curve = lift_x(der, r.pk);
+        bool right;
 
         rows++;
-        if (r.msg_len != 32) {
-            printf("# bip340 row %s: %zu-byte message skipped (CKM_KH_BIP340_SCHNORR signs 32 bytes)\n",
-                   r.index, r.msg_len);
-            skipped++;
-            continue;
-        }
-        if (r.sk_len == 32) {
+        off_curve += !on_curve;
+        if (r.msg_len != 32)
+            not32++;
+        else if (r.sk_len == 32) {
             signs++;
             signed_ok += bip340_sign(&r);
         }
-        if (!lift_x(der, r.pk))
-            off_curve++;
-        if (bip340_verify(&r, r.expect ? &multi_true : &multi_false)) {
+        right = bip340_verify(&r, on_curve ? der : NULL, r.expect ? &multi_true : &multi_false);
+        if (right && r.msg_len != 32)
+            not32_refused++;
+        else if (right) {
             verify_ok++;
             if (r.expect)
                 verify_true++;
@@ -460,8 +456,10 @@ static void test_bip340(void)
     KH_CHECK(rows == 19 && signs > 0 && verify_true > 0 && verify_false > 0);
     KH_CHECK(multi_true && multi_false);
     printf("# bip340_test_vectors.csv: %u rows: %u/%u signatures reproduced, %u/%u verdicts right "
-           "(%u valid, %u invalid, %u of them with X off the curve), %u rows skipped\n",
-           rows, signed_ok, signs, verify_ok, rows - skipped, verify_true, verify_false, off_curve, skipped);
+           "(%u valid, %u invalid, %u with X off the curve), %u/%u rows with non-32-byte messages "
+           "refused (CKR_DATA_LEN_RANGE)\n",
+           rows, signed_ok, signs, verify_ok, rows - not32, verify_true, verify_false, off_curve,
+           not32_refused, not32);
 }
 
 /* ---- CKM_KH_ECDSA_RECOVERABLE ---- */
@@ -508,7 +506,7 @@ static void test_recoverable(void)
         secp256k1_pubkey rk;
         size_t got_len = sizeof got;
 
-        fill_rand(digest, sizeof digest);
+        kh_test_rand(digest, sizeof digest);
         KH_CHECK_RV(fl->C_SignInit(sess, &rec, priv), CKR_OK);
         KH_CHECK_RV(fl->C_Sign(sess, digest, 32, NULL, &sig_len), CKR_OK);
         KH_CHECK(sig_len == 65);

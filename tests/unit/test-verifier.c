@@ -11,23 +11,7 @@
 #include "vectors.h"
 
 #include <pthread.h>
-#include <stdlib.h>
 #include <string.h>
-
-/* Test data from the run's seed, so a failure replays with KH_TEST_SEED. */
-static void fill_rand(uint8_t *buf, size_t len)
-{
-    static uint64_t state;
-
-    if (!state)
-        state = kh_test_seed() | 1;
-    for (size_t i = 0; i < len; i++) {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        buf[i] = (uint8_t)((state * 0x2545F4914F6CDD1DULL) >> 56);
-    }
-}
 
 /*
  * kh_crypto_verify(pub, ...) and a fresh verifier of pub must agree (a key the
@@ -47,89 +31,23 @@ static CK_RV verify_both(const kh_pubkey *pub, const kh_verifier *v, CK_RV v_rv,
 
 /* ---- Wycheproof: the same verdict both ways ---------------------------- */
 
-enum wp_kind { WP_ECDSA, WP_EDDSA, WP_RSA_PKCS1, WP_RSA_PSS };
-
+/* Keys, hashes and data from vectors.c; each group's key also made a verifier. */
 struct wp_ctx {
-    enum wp_kind kind;
+    kh_sigop op;
     kh_alg alg;
-    kh_pubkey pub;
-    kh_hash hash;
-    kh_sigparams prm;
+    struct kh_vec_wp_key k;
     kh_verifier *v;
     CK_RV v_rv;
 };
 
-static kh_hash hash_by_name(const char *s)
-{
-    static const struct { const char *name; kh_hash h; } t[] = {
-        { "SHA-1", KH_HASH_SHA1 }, { "SHA-224", KH_HASH_SHA224 }, { "SHA-256", KH_HASH_SHA256 },
-        { "SHA-384", KH_HASH_SHA384 }, { "SHA-512", KH_HASH_SHA512 },
-    };
-
-    for (size_t i = 0; s && i < sizeof t / sizeof t[0]; i++)
-        if (!strcmp(s, t[i].name))
-            return t[i].h;
-    return KH_HASH_NONE;
-}
-
-/* n or e of a Wycheproof RSA key (hex, maybe with leading zero bytes). */
-static bool wp_rsa_int(uint8_t *out, size_t cap, size_t *len, const char *hex)
-{
-    size_t n = 0, off = 0;
-    uint8_t *b = hex ? kh_test_unhex(hex, &n) : NULL;
-
-    if (!b)
-        return false;
-    while (off < n && b[off] == 0)
-        off++;
-    if (n - off > cap) {
-        free(b);
-        return false;
-    }
-    memcpy(out, b + off, n - off);
-    *len = n - off;
-    free(b);
-    return true;
-}
-
 static enum kh_vec_group wp_group(void *ctx, json_object *g)
 {
     struct wp_ctx *w = ctx;
-    json_object *pk = kh_vec_jobj(g, "publicKey");
-    const char *s;
 
-    memset(&w->pub, 0, sizeof w->pub);
-    memset(&w->prm, 0, sizeof w->prm);
     w->v = NULL;
-    w->pub.alg = w->alg;
-    w->hash = hash_by_name(kh_vec_jstr(g, "sha"));
-    if (!pk)
+    if (!kh_vec_wp_key(&w->k, g, w->op, w->alg))
         return KH_VEC_GROUP_BAD;
-    switch (w->kind) {
-    case WP_ECDSA:
-    case WP_EDDSA:
-        s = kh_vec_jstr(pk, w->kind == WP_ECDSA ? "uncompressed" : "pk");
-        if (!s || (w->kind == WP_ECDSA && w->hash == KH_HASH_NONE))
-            return KH_VEC_GROUP_BAD;
-        w->pub.point_len = kh_vec_unhex_to(w->pub.point, sizeof w->pub.point, s);
-        break;
-    case WP_RSA_PKCS1:
-    case WP_RSA_PSS:
-        if (w->hash == KH_HASH_NONE ||
-            !wp_rsa_int(w->pub.n, sizeof w->pub.n, &w->pub.n_len, kh_vec_jstr(pk, "modulus")) ||
-            !wp_rsa_int(w->pub.e, sizeof w->pub.e, &w->pub.e_len, kh_vec_jstr(pk, "publicExponent")))
-            return KH_VEC_GROUP_BAD;
-        if (w->kind == WP_RSA_PSS) {
-            s = kh_vec_jstr(g, "mgf");
-            if (!s || strcmp(s, "MGF1") != 0)
-                return KH_VEC_GROUP_BAD;
-            w->prm.pss_hash = w->hash;
-            w->prm.pss_mgf_hash = hash_by_name(kh_vec_jstr(g, "mgfSha"));
-            w->prm.pss_salt_len = (size_t)json_object_get_int(kh_vec_jobj(g, "sLen"));
-        }
-        break;
-    }
-    w->v_rv = kh_verifier_new(&w->v, &w->pub);
+    w->v_rv = kh_verifier_new(&w->v, &w->k.pub);
     KH_CHECK((w->v_rv == CKR_OK) == (w->v != NULL));
     return KH_VEC_GROUP_OK;
 }
@@ -146,67 +64,52 @@ static CK_RV wp_verify(void *ctx, int tc, const uint8_t *msg, size_t msg_len, co
                        size_t sig_len)
 {
     struct wp_ctx *w = ctx;
-    uint8_t dig[64], di[19 + 64];
-    size_t hlen = kh_hash_len(w->hash), plen;
-    const uint8_t *pfx;
+    uint8_t buf[KH_VEC_WP_DATA_MAX];
+    size_t len;
+    const uint8_t *data = kh_vec_wp_data(&w->k, buf, msg, msg_len, &len);
 
     (void)tc;
-    switch (w->kind) {
-    case WP_ECDSA:
-        KH_CHECK_RV(kh_hash_oneshot(dig, w->hash, msg, msg_len), CKR_OK);
-        return verify_both(&w->pub, w->v, w->v_rv, KH_OP_ECDSA, NULL, dig, hlen, sig, sig_len);
-    case WP_EDDSA:
-        return verify_both(&w->pub, w->v, w->v_rv, KH_OP_EDDSA, NULL, msg, msg_len, sig, sig_len);
-    case WP_RSA_PKCS1:
-        pfx = kh_hash_digestinfo_prefix(w->hash, &plen);
-        memcpy(di, pfx, plen);
-        KH_CHECK_RV(kh_hash_oneshot(di + plen, w->hash, msg, msg_len), CKR_OK);
-        return verify_both(&w->pub, w->v, w->v_rv, KH_OP_RSA_PKCS, NULL, di, plen + hlen, sig,
-                           sig_len);
-    case WP_RSA_PSS:
-        KH_CHECK_RV(kh_hash_oneshot(dig, w->hash, msg, msg_len), CKR_OK);
-        return verify_both(&w->pub, w->v, w->v_rv, KH_OP_RSA_PSS, &w->prm, dig, hlen, sig, sig_len);
-    }
-    return CKR_GENERAL_ERROR;
+    return verify_both(&w->k.pub, w->v, w->v_rv, w->k.op, kh_vec_wp_params(&w->k), data, len, sig,
+                       sig_len);
 }
 
-static void wycheproof(const char *file, enum wp_kind kind, kh_alg alg)
+static void wycheproof(const char *file, kh_sigop op, kh_alg alg)
 {
     static const struct kh_vec_wp_ops ops = { .group = wp_group, .verify = wp_verify,
                                               .group_end = wp_group_end };
-    struct wp_ctx w = { .kind = kind, .alg = alg };
+    struct wp_ctx w = { .op = op, .alg = alg };
 
     kh_vec_wycheproof(file, &ops, &w, NULL);
 }
 
 static void test_wp_k1(void)
 {
-    wycheproof("wycheproof_ecdsa_secp256k1_sha256_p1363_test.json", WP_ECDSA, KH_ALG_SECP256K1);
+    wycheproof("wycheproof_ecdsa_secp256k1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_SECP256K1);
 }
 
 static void test_wp_p256(void)
 {
-    wycheproof("wycheproof_ecdsa_secp256r1_sha256_p1363_test.json", WP_ECDSA, KH_ALG_P256);
+    wycheproof("wycheproof_ecdsa_secp256r1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_P256);
 }
 
 static void test_wp_p384(void)
 {
-    wycheproof("wycheproof_ecdsa_secp384r1_sha384_p1363_test.json", WP_ECDSA, KH_ALG_P384);
+    wycheproof("wycheproof_ecdsa_secp384r1_sha384_p1363_test.json", KH_OP_ECDSA, KH_ALG_P384);
 }
 
 static void test_wp_ed25519(void)
 {
-    wycheproof("wycheproof_ed25519_test.json", WP_EDDSA, KH_ALG_ED25519);
+    wycheproof("wycheproof_ed25519_test.json", KH_OP_EDDSA, KH_ALG_ED25519);
 }
 
 static void test_wp_rsa_pkcs1(void)
 {
-    wycheproof("wycheproof_rsa_signature_2048_sha256_test.json", WP_RSA_PKCS1, KH_ALG_RSA);
+    wycheproof("wycheproof_rsa_signature_2048_sha256_test.json", KH_OP_RSA_PKCS, KH_ALG_RSA);
 }
 
 static void test_wp_rsa_pss(void)
 {
-    wycheproof("wycheproof_rsa_pss_2048_sha256_mgf1_32_test.json", WP_RSA_PSS, KH_ALG_RSA);
+    wycheproof("wycheproof_rsa_pss_2048_sha256_mgf1_32_test.json", KH_OP_RSA_PSS, KH_ALG_RSA);
 }
 
 /* ---- round trips: every op, tampering rejected the same way ------------ */
@@ -218,7 +121,7 @@ static void roundtrip(const kh_softkey *key, const kh_pubkey *pub, kh_sigop op,
     size_t siglen = sizeof sig;
     kh_verifier *v = NULL;
 
-    fill_rand(data, len);
+    kh_test_rand(data, len);
     KH_CHECK_RV(kh_verifier_new(&v, pub), CKR_OK);
     KH_CHECK_RV(kh_softkey_sign(key, op, prm, data, len, sig, &siglen), CKR_OK);
     KH_CHECK_RV(verify_both(pub, v, CKR_OK, op, prm, data, len, sig, siglen), CKR_OK);

@@ -31,6 +31,22 @@ void kh_test_register(const char *name, kh_test_fn fn)
 
 uint64_t kh_test_seed(void) { return seed; }
 
+void kh_test_rand(uint8_t *buf, size_t len)
+{
+    static uint64_t state;
+
+    if (!state)
+        state = seed | 1;
+    for (size_t i = 0; i < len; i++) {   /* xorshift64* */
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        buf[i] = (uint8_t)((state * 0x2545F4914F6CDD1DULL) >> 56);
+    }
+}
+
+bool kh_test_failed(void) { return case_failures != 0; }
+
 void kh_test_fail(const char *file, int line, const char *fmt, ...)
 {
     va_list ap;

@@ -24,8 +24,14 @@ typedef void (*kh_test_fn)(void);
 void kh_test_register(const char *name, kh_test_fn fn);
 int kh_test_run(int argc, char **argv);
 uint64_t kh_test_seed(void);
+/* Test data (digests, messages) drawn from the run's seed, so that a failure
+ * replays with KH_TEST_SEED: one stream per process. Not for keys. */
+void kh_test_rand(uint8_t *buf, size_t len);
 void kh_test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* True when a check of the running case has failed in this process (a
+ * forked child exits non-zero with it, so its checks count in the parent). */
+bool kh_test_failed(void);
 /* A fresh empty directory under $TMPDIR for this case; removed at exit. */
 const char *kh_test_tmpdir(void);
 /* Hex helpers: returns malloc'd bytes / writes len. */

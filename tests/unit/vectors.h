@@ -9,6 +9,9 @@
  * rejection (CKR_SIGNATURE_INVALID or CKR_SIGNATURE_LEN_RANGE; anything else,
  * e.g. CKR_GENERAL_ERROR, fails), "acceptable" either (counted).
  *
+ * kh_vec_wp_key() and kh_vec_wp_data() read a signature file's groups and
+ * cases into what module/crypto.h takes (test-crypto.c, test-verifier.c).
+ *
  * BIP-340: kh_vec_bip340_next() reads bip340_test_vectors.csv row by row.
  */
 #ifndef KH_VECTORS_H
@@ -21,6 +24,7 @@
 
 #include <json-c/json.h>
 
+#include "crypto.h"
 #include "pkcs11.h"
 
 /* Member k of object o: a string, an object, or NULL when absent. */
@@ -59,6 +63,29 @@ struct kh_vec_wp_ops {
  * harness, the counts printed ("# file: ...") and returned in *c (may be NULL). */
 void kh_vec_wycheproof(const char *file, const struct kh_vec_wp_ops *ops, void *ctx,
                        struct kh_vec_count *c);
+
+/* One group of a Wycheproof signature file as module/crypto.h takes it. */
+struct kh_vec_wp_key {
+    kh_sigop op;           /* ECDSA, EDDSA, RSA_PKCS (over a DigestInfo) or RSA_PSS */
+    kh_pubkey pub;
+    kh_hash hash;          /* the group's "sha" (KH_HASH_NONE for EdDSA) */
+    kh_sigparams pss;      /* RSA_PSS: the group's hash, MGF1 hash and salt length */
+};
+
+/* Build *k from group g of a file signed with op over alg keys. Returns false
+ * when the group is not understood (no key, no known hash, not MGF1). */
+bool kh_vec_wp_key(struct kh_vec_wp_key *k, json_object *g, kh_sigop op, kh_alg alg);
+
+/* The parameters to verify with k->op: &k->pss for RSA_PSS, NULL otherwise. */
+const kh_sigparams *kh_vec_wp_params(const struct kh_vec_wp_key *k);
+
+#define KH_VEC_WP_DATA_MAX (19 + 64)   /* a DigestInfo of SHA-512 */
+
+/* The data k->op verifies for a case's message: the message itself (EdDSA),
+ * its digest (ECDSA, PSS) or its DigestInfo (PKCS#1 v1.5), the last two
+ * written to buf. Out: *len. */
+const uint8_t *kh_vec_wp_data(const struct kh_vec_wp_key *k, uint8_t buf[KH_VEC_WP_DATA_MAX],
+                              const uint8_t *msg, size_t msg_len, size_t *len);
 
 /* ---- BIP-340 ---- */
 
