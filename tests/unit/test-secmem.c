@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>   /* MADV_WIPEONFORK */
 #include <sys/wait.h>
 #include <unistd.h>
 
