@@ -2,6 +2,7 @@
 #include "store.h"
 #include "testutil.h"
 
+#include <dirent.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,10 +155,15 @@ static void test_open_modes(void)
     KH_CHECK(stat(db, &sb) == 0 && (sb.st_mode & 07777) == 0600);
     KH_CHECK(db_int(dir, "PRAGMA user_version") == 2);
     /* nothing but the database and SQLite's WAL/SHM beside it */
-    char ls[4400];
-    snprintf(ls, sizeof ls, "ls -A '%s' | grep -v -x -e keyhold.db -e keyhold.db-wal "
-             "-e keyhold.db-shm | grep -q .", dir);
-    KH_CHECK(system(ls) != 0);
+    DIR *d = opendir(dir);
+    KH_CHECK(d != NULL);
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, "keyhold.db") &&
+            strcmp(e->d_name, "keyhold.db-wal") && strcmp(e->d_name, "keyhold.db-shm"))
+            kh_test_fail(__FILE__, __LINE__, "unexpected file in the store: %s", e->d_name);
+    }
+    if (d)
+        closedir(d);
     kh_store_close(st);
 
     /* umask 0: still 0600 */
