@@ -79,8 +79,6 @@ static void check_(bool ok, int line, const char *fmt, ...)
     va_list ap;
     checks++;
     printf(ok ? "   ok: " : "FAIL (line %d): ", line);
-    if (ok)
-        printf("%s", "");
     va_start(ap, fmt);
     vprintf(fmt, ap);
     va_end(ap);

@@ -125,10 +125,9 @@ static int td_sign(void *state, uint8_t *sig, size_t *sig_len, int *format, char
     uint32_t type;
     char fault[64];
     ((struct td_state *)state)->calls++;
-    int st = td_key(NULL, &pub, &type, fault, sizeof fault, ref, false);
-    if (st != KH_DRV_OK)
-        return st;
-    st = td_key(&key, &pub, &type, fault, sizeof fault, ref, !strcmp(fault, "wrongkey"));
+    const char *plus = strchr(ref, '+');
+    bool other = plus && !strcmp(plus + 1, "wrongkey");
+    int st = td_key(&key, &pub, &type, fault, sizeof fault, ref, other);
     if (st != KH_DRV_OK)
         return st;
     if (!strncmp(fault, "slow", 4)) {

@@ -161,6 +161,18 @@ static struct kh_signd_worker w = { .srv = &srv };
 static const uint8_t key_a[32] = { [31] = 1, [0] = 0x11 };
 static const uint8_t key_b[32] = { [31] = 2, [0] = 0x22 };
 
+/* A served key of kind with public key point, prepared as keyhold-signd does. */
+static void make_key(struct kh_signd_key *k, char *label, enum kh_keykind kind,
+                     const uint8_t *point, size_t len)
+{
+    memset(k, 0, sizeof *k);
+    k->label = label;
+    k->desc.kind = kind;
+    k->pub.kind = kind;
+    KH_CHECK(kh_pubkey_set_ec_point(&k->pub, point, len));
+    KH_CHECK(kh_signd_key_prepare(k, NULL, 0));
+}
+
 /* A served secp256k1 key whose public key is that of seckey. */
 static void make_k1(struct kh_signd_key *k, const uint8_t seckey[32], bool recoverable)
 {
@@ -168,15 +180,10 @@ static void make_k1(struct kh_signd_key *k, const uint8_t seckey[32], bool recov
     uint8_t point[65];
     size_t len = sizeof point;
 
-    memset(k, 0, sizeof *k);
-    k->label = "k1";
-    k->desc.kind = KH_KEY_SECP256K1;
-    k->recoverable_mech = recoverable;
     KH_CHECK(secp256k1_ec_pubkey_create(ctx, &pk, seckey));
     secp256k1_ec_pubkey_serialize(ctx, point, &len, &pk, SECP256K1_EC_UNCOMPRESSED);
-    k->pub.kind = KH_KEY_SECP256K1;
-    KH_CHECK(kh_pubkey_set_ec_point(&k->pub, point, len));
-    KH_CHECK(kh_signd_key_prepare(k, NULL, 0));
+    make_key(k, "k1", KH_KEY_SECP256K1, point, len);
+    k->recoverable_mech = recoverable;
 }
 
 static void drop_key(struct kh_signd_key *k)
@@ -310,12 +317,7 @@ static void test_p256(void)
     setup();
     KH_CHECK(a && b);
     KH_CHECK(EVP_PKEY_get_octet_string_param(a, "encoded-pub-key", point, sizeof point, &plen) == 1);
-    memset(&k, 0, sizeof k);
-    k.label = "p256";
-    k.desc.kind = KH_KEY_P256;
-    k.pub.kind = KH_KEY_P256;
-    KH_CHECK(kh_pubkey_set_ec_point(&k.pub, point, plen));
-    KH_CHECK(kh_signd_key_prepare(&k, NULL, 0));
+    make_key(&k, "p256", KH_KEY_P256, point, plen);
 
     fake.p256 = a;
     KH_CHECK(sign(&k, KH_SIGND_ALG_ECDSA, sig, &len) == 0 && len == 64);
@@ -340,12 +342,7 @@ static void test_ed25519(void)
     setup();
     KH_CHECK(a && b);
     KH_CHECK(EVP_PKEY_get_raw_public_key(a, point, &plen) == 1 && plen == 32);
-    memset(&k, 0, sizeof k);
-    k.label = "ed";
-    k.desc.kind = KH_KEY_ED25519;
-    k.pub.kind = KH_KEY_ED25519;
-    KH_CHECK(kh_pubkey_set_ec_point(&k.pub, point, plen));
-    KH_CHECK(kh_signd_key_prepare(&k, NULL, 0));
+    make_key(&k, "ed", KH_KEY_ED25519, point, plen);
 
     fake.ed = a;
     KH_CHECK(sign(&k, KH_SIGND_ALG_EDDSA, sig, &len) == 0 && len == 64);
