@@ -3,9 +3,6 @@
  * fresh store per case (KEYHOLD_STORE = kh_test_tmpdir()). Return values are
  * asserted exactly as PKCS#11 3.0 specifies them. Cases that need the mock
  * backend (fault injection) swap the vault's ops table and restore it.
- *
- * Cases marked "MODULE BUG" assert the specified behaviour and currently fail
- * because of a bug in module/ (reported to the lead, not fixed here).
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -375,11 +372,9 @@ static void test_app_mutexes(void)
     setenv("KEYHOLD_STORE", kh_test_tmpdir(), 1);
     int rc = run_child(child_app_mutexes);
     /*
-     * MODULE BUG (reported): fails with 139 (SIGSEGV). C_Finalize frees
-     * neither keycache.c's kc.lock nor object.c's keys_lock (7 app mutexes
-     * created, 5 destroyed); the next C_Initialize(NULL) locks the stale
-     * kc.lock through the now-NULL LockMutex callback (keycache.c:67 via
-     * kh_keycache_configure). Spec: C_Finalize releases all resources.
+     * Spec: C_Finalize releases all resources. A mutex it left behind would be
+     * locked by the next C_Initialize(NULL) through the application's
+     * callbacks, which are gone by then (exit code 22, or 139 for the crash).
      */
     if (rc != 0)
         kh_test_fail(__FILE__, __LINE__, "app-mutex child failed: code %d (see comment of child_app_mutexes)", rc);
@@ -1018,6 +1013,7 @@ static void test_digest_random_mechs(void)
     CK_INTERFACE_PTR itf = NULL;
     CK_VERSION v30 = { 3, 0 };
     KH_CHECK_RV(C_GetInterface((CK_UTF8CHAR_PTR)"PKCS 11", &v30, &itf, 0), CKR_OK);
+    KH_CHECK(itf != NULL);
     if (itf) {
         CK_FUNCTION_LIST_3_0_PTR f3 = itf->pFunctionList;
         KH_CHECK(f3->version.major == 3 && f3->version.minor == 0);
@@ -1059,6 +1055,26 @@ static void test_mock_backend(void)
     KH_CHECK_RV(gen_ec(s, P_P256, sizeof P_P256, true, "m2", &p2, &v2), CKR_DEVICE_ERROR);
     KH_CHECK(count_all(s) == before);
 
+    /* import (C_CreateObject of a private key): the backend's error, nothing created */
+    CK_OBJECT_CLASS privc = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE ec = CKK_EC;
+    uint8_t one[32] = { 0 };
+    one[31] = 1;
+    CK_ATTRIBUTE tv[] = {
+        { CKA_CLASS, &privc, sizeof privc },
+        { CKA_KEY_TYPE, &ec, sizeof ec },
+        { CKA_EC_PARAMS, (void *)P_SECP256K1, sizeof P_SECP256K1 },
+        { CKA_VALUE, one, sizeof one },
+        { CKA_TOKEN, &T, sizeof T },
+        { CKA_SIGN, &T, sizeof T },
+    };
+    CK_OBJECT_HANDLE h;
+    kh_mock_fail_next_import(CKR_DEVICE_ERROR);
+    KH_CHECK_RV(F->C_CreateObject(s, tv, sizeof tv / sizeof tv[0], &h), CKR_DEVICE_ERROR);
+    KH_CHECK(count_all(s) == before);
+    KH_CHECK_RV(F->C_CreateObject(s, tv, sizeof tv / sizeof tv[0], &h), CKR_OK);
+    KH_CHECK(kh_mock_count.import == 2);
+
     kh_mock_install(&kh_mock_ops_nosign);
     sl = sizeof sig;
     KH_CHECK_RV(F->C_SignInit(s, &m, priv), CKR_OK);
@@ -1067,7 +1083,7 @@ static void test_mock_backend(void)
     kh_mock_install(&kh_mock_ops_signonly);
     KH_CHECK_RV(gen_ec(s, P_P256, sizeof P_P256, false, "m3", &p2, &v2), CKR_FUNCTION_NOT_SUPPORTED);
 
-    kh_backend_override(CKV_KH_BACKEND_VAULT, NULL);
+    kh_mock_uninstall();
     KH_CHECK(kh_backend_get(CKV_KH_BACKEND_VAULT) == &kh_backend_vault);
     sl = sizeof sig;
     KH_CHECK_RV(F->C_SignInit(s, &m, priv), CKR_OK);
@@ -1173,6 +1189,7 @@ static void test_logs_no_secrets(void)
         n = fread(buf, 1, sizeof buf, f);
         fclose(f);
     }
+    KH_CHECK(n > 0);   /* the debug log was written: the checks below look at something */
     KH_CHECK(!file_contains(buf, n, pin, strlen(pin)));
     KH_CHECK(!file_contains(buf, n, "1234-secret-pix", 15));
     KH_CHECK(!file_contains(buf, n, so_pin, strlen(so_pin)));
@@ -1248,7 +1265,11 @@ static void test_fork(void)
  * Fork while another thread is inside the module: the child must not inherit
  * a lock that thread held (it does not exist in the child). Each child uses
  * the module straight away, with a watchdog so a deadlock fails the test
- * instead of hanging it.
+ * instead of hanging it. The key is secp256k1 (libsecp256k1, no OpenSSL):
+ * OpenSSL 3.0's random generators take global locks on every ECDSA/RSA
+ * signature and after a fork, and a child forked while another thread holds
+ * one hangs inside OpenSSL (README: "Fork"). This case checks keyhold's own
+ * locks and SQLite's.
  */
 static volatile int busy_stop;
 
@@ -1289,12 +1310,29 @@ static int child_busy_parent(void)
     return 0;
 }
 
+#ifdef __SANITIZE_ADDRESS__
+#define ASAN_BUILD true
+#else
+#define ASAN_BUILD false
+#endif
+
 static void test_fork_busy(void)
 {
+    /*
+     * Not in the AddressSanitizer build: GCC 12's ASan runtime (Debian 12)
+     * takes no allocator lock around fork, so a child forked while the busy
+     * thread is inside malloc hangs in __sanitizer::SizeClassAllocator64
+     * whatever the module does (LLVM 18 added the lock: llvm-project#75290).
+     * The normal build runs this case.
+     */
+    if (ASAN_BUILD) {
+        printf("# not run under AddressSanitizer: its allocator is not fork-safe beside a busy thread\n");
+        return;
+    }
     mod_init();
     fork_slot = make_token();
     CK_SESSION_HANDLE s = user_session(fork_slot);
-    KH_CHECK_RV(gen_ec(s, P_P256, sizeof P_P256, true, "fork", &fork_pub, &fork_priv), CKR_OK);
+    KH_CHECK_RV(gen_ec(s, P_SECP256K1, sizeof P_SECP256K1, true, "fork", &fork_pub, &fork_priv), CKR_OK);
     busy_stop = 0;
     pthread_t th;
     KH_CHECK(pthread_create(&th, NULL, busy_signer, &s) == 0);
