@@ -588,32 +588,16 @@ static CK_RV sig_out(uint8_t *sig, size_t *siglen, const TPMT_SIGNATURE *ts, con
 /* Open the object's blob with the token key (only while a user is logged in). */
 static CK_RV key_open(kh_tpm_key *k, struct kh_token *tok, const struct kh_key *key)
 {
-    uint8_t token_key[KH_TOKEN_KEY_LEN];
-    uint8_t aad[KH_OBJ_AAD_LEN];
     uint8_t *pt = NULL;
     size_t pt_len = 0;
-    CK_RV rv;
+    CK_RV rv = kh_key_unseal(&pt, &pt_len, tok, key, "tpm");
 
-    if (!key->sealed || key->sealed_len == 0)
-        return CKR_KH_STORE_ERROR;
-    rv = kh_token_key_copy(tok, token_key);
-    if (rv != CKR_OK)
-        goto out;
-    kh_obj_aad(aad, key->token_uid, key->uid);
-    rv = kh_unseal(&pt, &pt_len, token_key, aad, sizeof aad, key->sealed, key->sealed_len);
-    if (rv == CKR_ENCRYPTED_DATA_INVALID) {
-        kh_log(KH_LOG_ERROR, "tpm: blob of object %lu does not open: store corrupted",
-               (unsigned long)key->handle);
-        rv = CKR_KH_STORE_ERROR;
-    }
     if (rv == CKR_OK)
         rv = kh_tpm_key_decode(k, pt, pt_len);
     if (pt) {
         kh_wipe(pt, pt_len);
         free(pt);
     }
-out:
-    kh_wipe(token_key, sizeof token_key);
     return rv;
 }
 
