@@ -337,21 +337,7 @@ void kh_rlp_list_end(struct kh_rlp *r, size_t mark)
 
 void kh_eth_checksum_address(char out[43], const uint8_t addr[KH_ETH_ADDR_LEN])
 {
-    uint8_t hh[KH_KECCAK256_LEN];
-    char lower[41];
-
-    kh_hex_encode(lower, sizeof lower, addr, KH_ETH_ADDR_LEN);
-    kh_keccak256(hh, (const uint8_t *)lower, 40);
-    out[0] = '0';
-    out[1] = 'x';
-    for (int i = 0; i < 40; i++) {
-        unsigned nib = (i % 2 == 0) ? hh[i / 2] >> 4 : hh[i / 2] & 0xf;
-        char c = lower[i];
-        if (c >= 'a' && c <= 'f' && nib >= 8)
-            c = (char)(c - 'a' + 'A');
-        out[2 + i] = c;
-    }
-    out[42] = '\0';
+    kh_eip55_encode(out, addr);
 }
 
 bool kh_eth_parse_address(uint8_t addr[KH_ETH_ADDR_LEN], const char *s, char *err,
