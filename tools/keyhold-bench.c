@@ -545,6 +545,7 @@ struct bench_target {
     enum kh_keykind key_kind;    /* --key: the key's kind */
     CK_ULONG key_backend;        /* --key: the key's CKA_KH_BACKEND (0 unknown) */
     struct bench_key ref[KH_KEY_RSA + 1];  /* vault keys: the reference for tpm/remote keys */
+    bool parked;                 /* finalized while another module uses the shared TPM */
 };
 
 static struct bench_target bench_targets[BENCH_MAX_TARGETS];
@@ -943,6 +944,27 @@ static void bench_target_open(struct bench_target *t, bool existing)
     t->ready = true;
 }
 
+/* After a restart: k's private key handle again, by CKA_ID (its public key is not used again). */
+static void bench_key_refind(struct bench_target *t, struct bench_key *k)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_ID, k->id, sizeof k->id } };
+    CK_OBJECT_HANDLE *objs = NULL;
+    CK_ULONG n = 0;
+    CK_RV rv;
+
+    if (!k->ok)
+        return;
+    rv = kh_p11_find(&t->p11, t->s, tmpl, 2, &objs, &n);
+    if (rv == CKR_OK && n == 1) {
+        k->priv = objs[0];
+    } else {
+        k->ok = false;
+        snprintf(k->why, sizeof k->why, "key not found after restarting the module");
+    }
+    free(objs);
+}
+
 /*
  * Starts the module afresh (C_Finalize, C_Initialize, session, login) and
  * finds the generated keys again by CKA_ID. For tpm2-pkcs11, which keeps
@@ -964,22 +986,46 @@ static bool bench_target_recycle(struct bench_target *t)
     }
     t->ready = true;
     for (int kind = 0; kind <= KH_KEY_RSA; kind++) {
-        struct bench_key *k = &t->keys[kind];
-        CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-        CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_ID, k->id, sizeof k->id } };
-        CK_OBJECT_HANDLE *objs = NULL;
-        CK_ULONG n = 0;
-        if (!k->ok)
-            continue;
-        rv = kh_p11_find(&t->p11, t->s, tmpl, 2, &objs, &n);
-        if (rv == CKR_OK && n == 1) {
-            k->priv = objs[0];
-        } else {
-            k->ok = false;
-            snprintf(k->why, sizeof k->why, "key not found after restarting the module");
-        }
-        free(objs);
+        bench_key_refind(t, &t->keys[kind]);
+        bench_key_refind(t, &t->ref[kind]);
     }
+    return true;
+}
+
+/* Whether t signs with a TPM another target uses too: keyhold's TPM
+ * backend and tpm2-pkcs11 on --tpm2-tcti. */
+static bool bench_shares_tpm(const struct bench_target *t)
+{
+    if (!opt.tpm2_tcti || bench_backend(&bench_targets[0]) != CKV_KH_BACKEND_TPM)
+        return false;
+    return t == &bench_targets[0] || t->env.kind == BENCH_ENV_TPM2_PKCS11;
+}
+
+/*
+ * Before t's cells on a shared TPM: the other modules on it are finalized
+ * ("parked") so that t finds the TPM's few transient slots free, as it would
+ * alone (keyhold flushes its objects at C_Finalize; tpm2-pkcs11 keeps its
+ * primary, wrapping key and keys loaded while initialized). A parked t is
+ * started again (bench_target_recycle; untimed, its warm-up loads the key).
+ * Returns whether t was restarted.
+ */
+static bool bench_take_tpm(struct bench_target *t)
+{
+    if (!bench_shares_tpm(t))
+        return false;
+    for (int i = 0; i < bench_ntargets; i++) {
+        struct bench_target *u = &bench_targets[i];
+        if (u == t || !bench_shares_tpm(u) || !u->ready || u->existing || u->parked)
+            continue;
+        u->p11.f->C_CloseSession(u->s);
+        u->p11.f->C_Finalize(NULL);
+        u->p11.initialized = false;
+        u->parked = true;
+    }
+    if (!t->parked)
+        return false;
+    t->parked = false;
+    bench_target_recycle(t);
     return true;
 }
 
@@ -1002,7 +1048,7 @@ static void bench_target_close(struct bench_target *t)
             t->p11.f->C_DestroyObject(t->s, t->ref[k].pub);
         }
     }
-    if (t->p11.f && t->ready)
+    if (t->p11.f && t->ready && !t->parked)
         t->p11.f->C_CloseSession(t->s);
     kh_p11_close(&t->p11);
     kh_wipe(t->pin, sizeof t->pin);
@@ -1289,7 +1335,7 @@ static void bench_do_sign_target(struct bench_target *t, int ti, int round)
             continue;
         if (t->existing && t->key_kind != info->kind)
             continue;
-        if (t->env.kind == BENCH_ENV_TPM2_PKCS11)
+        if (!bench_take_tpm(t) && t->env.kind == BENCH_ENV_TPM2_PKCS11)
             bench_target_recycle(t);
         if (!t->ready)
             snprintf(why, sizeof why, "%s", t->why);
@@ -1406,6 +1452,7 @@ static void bench_do_keygen_target(struct bench_target *t, int ti, int round)
 
         if (!opt.keygen_kinds[kind])
             continue;
+        bool restarted = bench_take_tpm(t);
         if (!bench_keygen_cell[ti][kind]) {
             struct bench_result *keep = bench_result_new("keygen", t->env.name,
                                                          kh_keykind_name((enum kh_keykind)kind));
@@ -1433,7 +1480,7 @@ static void bench_do_keygen_target(struct bench_target *t, int ti, int round)
         memset(&ctx, 0, sizeof ctx);
         ctx.t = t;
         ctx.kind = (enum kh_keykind)kind;
-        if (t->env.kind == BENCH_ENV_TPM2_PKCS11)
+        if (!restarted && t->env.kind == BENCH_ENV_TPM2_PKCS11)
             bench_target_recycle(t);
         bench_note("keygen: %s %s", t->env.name, kh_keykind_name((enum kh_keykind)kind));
         if (!bench_run_threads(&run, r, bench_keygen_op, pctx, 1, opt.seconds)) {
@@ -2143,6 +2190,10 @@ static void bench_print_summary(void)
         printf("%-46s %12s %12s %8s  %-20s %s\n", "summary", me, "reference", "ratio", "target",
                "met?");
     }
+    /* The floor and thread-scaling targets are the vault's: a TPM signs one
+     * command at a time and a remote key's time is mostly the round trip. */
+    CK_ULONG backend0 = bench_backend(&bench_targets[0]);
+    bool vault0 = backend0 == 0 || backend0 == CKV_KH_BACKEND_VAULT;
     /* sign vs floor, 1 thread */
     for (int s = 0; s < BENCH_SIG_COUNT; s++) {
         const struct bench_result *r1 = bench_sign_get(0, s, 1, 0);
@@ -2153,7 +2204,7 @@ static void bench_print_summary(void)
         snprintf(a, sizeof a, "%s sign", me);
         snprintf(b, sizeof b, "floor (%.60s)", bench_floor_best_name[s]);
         bench_ratio(name, a, r1->value, b, bench_floor_best[s][1], r1->value / bench_floor_best[s][1],
-                    ">= 0.90 x floor", info->target ? 1 : 0, 0.90);
+                    ">= 0.90 x floor", info->target && vault0 ? 1 : 0, 0.90);
     }
     /* thread scaling */
     for (int s = 0; s < BENCH_SIG_COUNT; s++) {
@@ -2166,7 +2217,7 @@ static void bench_print_summary(void)
             snprintf(name, sizeof name, "%s, 2 threads %s / 1 thread", info->title,
                      mode ? "shared session" : "own sessions");
             bench_ratio(name, "2 threads", r2->value, "1 thread", r1->value, r2->value / r1->value,
-                        ">= 1.8 x 1 thread", info->target && mode == 0 ? 1 : 0, 1.8);
+                        ">= 1.8 x 1 thread", info->target && vault0 && mode == 0 ? 1 : 0, 1.8);
         }
         if (bench_floor_best[s][1] > 0 && bench_floor_best[s][2] > 0) {
             snprintf(name, sizeof name, "%s, floor 2 threads / 1 thread", info->title);
