@@ -1219,8 +1219,10 @@ static struct bench_result *bench_sign_slot(struct bench_target *t, int ti, int 
         (*slot)->threads = n;
         (*slot)->shared = mode == 1;
         (*slot)->skipped = true;
-        snprintf((*slot)->detail, sizeof (*slot)->detail, "%s %s", kh_mech_name(info->mech),
-                 mode ? "shared session" : "session per thread");
+        const char *b = bench_is_keyhold(t) ? kh_p11_backend_name(bench_backend(t)) : NULL;
+        snprintf((*slot)->detail, sizeof (*slot)->detail, "%s %s%s%s", kh_mech_name(info->mech),
+                 mode ? "shared session" : "session per thread", b ? ", key on backend " : "",
+                 b ? b : "");
     }
     return *slot;
 }
@@ -1458,7 +1460,9 @@ static void bench_do_keygen_target(struct bench_target *t, int ti, int round)
                                                          kh_keykind_name((enum kh_keykind)kind));
             keep->threads = 1;
             keep->skipped = true;
-            snprintf(keep->detail, sizeof keep->detail, "%s, token key pair", kh_mech_name(gen));
+            const char *b = bench_is_keyhold(t) ? kh_p11_backend_name(bench_backend(t)) : NULL;
+            snprintf(keep->detail, sizeof keep->detail, "%s, token key pair%s%s", kh_mech_name(gen),
+                     b ? " on backend " : "", b ? b : "");
             bench_keygen_cell[ti][kind] = keep;
         }
         memset(r, 0, sizeof *r);
