@@ -210,6 +210,8 @@ void kh_keycache_put(void *ref);
 void kh_keycache_flush_token(const uint8_t token_uid[KH_UID_LEN]);
 void kh_keycache_flush_all(void);
 void kh_keycache_configure(bool enabled, size_t max_keys, unsigned idle_s);
+/* Unit tests: the millisecond clock idle expiry reads (NULL: CLOCK_MONOTONIC). */
+void kh_keycache_set_clock(uint64_t (*clock_ms)(void));
 /* C_Finalize: flush and release the cache's mutex. */
 void kh_keycache_shutdown(void);
 

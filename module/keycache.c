@@ -61,6 +61,14 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* The clock idle expiry reads: the monotonic clock, or a test's. */
+static uint64_t (*kc_clock)(void) = now_ms;
+
+void kh_keycache_set_clock(uint64_t (*clock_ms)(void))
+{
+    kc_clock = clock_ms ? clock_ms : now_ms;
+}
+
 static void kc_lock(void)
 {
     if (kc.lock)
@@ -162,7 +170,7 @@ kh_softkey *kh_keycache_get(const uint8_t token_uid[KH_UID_LEN], const uint8_t u
     kc_lock();
     if (!kc.enabled || !kc.buckets)
         goto out_unlock;
-    uint64_t now = now_ms();
+    uint64_t now = kc_clock();
     kc_expire_locked(now);
     kc_entry *e = kc_find_locked(token_uid, uid, login_gen);
     if (e) {
@@ -198,7 +206,7 @@ void kh_keycache_insert_take(kh_softkey *key, const uint8_t token_uid[KH_UID_LEN
     kc_lock();
     if (!kc.enabled || !kc.buckets || kc.max_keys == 0)
         goto out_unlock;   /* private entry: live == false, freed at put */
-    uint64_t now = now_ms();
+    uint64_t now = kc_clock();
     e->last_ms = now;
     kc_expire_locked(now);
 

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -237,35 +236,45 @@ static void test_refcount(void)
     kh_keycache_flush_all();
 }
 
-static void sleep_ms(unsigned ms)
+/* The key cache's clock in these tests: moved only by advance_ms. */
+static uint64_t fake_now_ms = 1000000;
+
+static uint64_t fake_clock(void)
 {
-    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-    while (nanosleep(&ts, &ts) != 0)
-        ;
+    return fake_now_ms;
+}
+
+static void advance_ms(unsigned ms)
+{
+    fake_now_ms += ms;
 }
 
 static void test_idle(void)
 {
+    kh_keycache_set_clock(fake_clock);
     kh_keycache_configure(true, 16, 1);
     kh_softkey *k1 = insert_n(tok_a, 1, 1);
     kh_softkey *k2 = insert_n(tok_a, 2, 1);
-    sleep_ms(600);
+    advance_ms(600);
     KH_CHECK(cached(tok_a, 2, 1, k2));       /* used: its idle time restarts */
-    sleep_ms(600);
-    KH_CHECK(!cached(tok_a, 1, 1, NULL));    /* 1.2 s unused: gone */
-    KH_CHECK(cached(tok_a, 2, 1, k2));
+    advance_ms(400);
+    KH_CHECK(!cached(tok_a, 1, 1, NULL));    /* 1 s unused: gone */
+    KH_CHECK(cached(tok_a, 2, 1, k2));       /* 0.4 s unused */
+    advance_ms(999);
+    KH_CHECK(cached(tok_a, 2, 1, k2));       /* 0.999 s unused: still there */
     (void)k1;
     /* A held key that expires is detached but stays alive for its holder. */
     uint8_t uid[KH_UID_LEN];
     void *ref;
     uid_n(uid, 2);
     KH_CHECK(kh_keycache_get(tok_a, uid, 1, &ref) == k2);
-    sleep_ms(1100);
+    advance_ms(1000);
     KH_CHECK(!cached(tok_a, 3, 1, NULL));    /* any access expires old entries */
     KH_CHECK(!cached(tok_a, 2, 1, NULL));
     use_key(k2);
     kh_keycache_put(ref);
     kh_keycache_flush_all();
+    kh_keycache_set_clock(NULL);
 }
 
 static void test_many(void)
