@@ -846,6 +846,13 @@ CK_RV kh_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
             pInfo->flags |= CKF_SO_PIN_FINAL_TRY;
         if (rec.so_fail >= KH_PIN_MAX_TRIES)
             pInfo->flags |= CKF_SO_PIN_LOCKED;
+        /* A bound token's PINs open through the TPM: in its dictionary-attack
+         * lockout no PIN logs in (CKR_PIN_LOCKED), and the flags say so. A TPM
+         * that does not answer changes no flag (C_Login reports it). */
+        const kh_backend_ops *tpm = kh_backend_get(CKV_KH_BACKEND_TPM);
+        bool locked = false;
+        if (rec.tpm_bound && tpm && tpm->lockout && tpm->lockout(&locked) == CKR_OK && locked)
+            pInfo->flags |= CKF_USER_PIN_LOCKED | CKF_SO_PIN_LOCKED;
     } else {
         pad_copy(pInfo->label, sizeof pInfo->label, "");
         pad_copy((CK_UTF8CHAR *)pInfo->serialNumber, sizeof pInfo->serialNumber, "");

@@ -112,6 +112,12 @@ typedef struct kh_backend_ops {
      * (the blob belongs to another TPM), CKR_DEVICE_ERROR (unreachable).
      */
     CK_RV (*pin_unseal)(uint8_t secret[32], const uint8_t *blob, size_t blob_len, const uint8_t auth[32]);
+    /*
+     * Whether the hardware's dictionary-attack protection is in lockout now
+     * (then pin_unseal gives CKR_PIN_LOCKED whatever the PIN). Out: *locked.
+     * CKR_DEVICE_ERROR when unreachable.
+     */
+    CK_RV (*lockout)(bool *locked);
     /* True when the configuration asks for this backend (tpm: a TCTI is
      * configured, or it is the default backend). */
     bool (*configured)(void);

@@ -2,7 +2,8 @@
 # PINs sealed to the TPM: with a TPM configured, a new token's PIN wraps are
 # bound to it (a TPM-sealed secret per PIN, unsealed with a PIN-derived auth
 # value). Wrong PINs count against the TPM's dictionary-attack lockout; in
-# lockout even the right PIN gives CKR_PIN_LOCKED until it is cleared; the
+# lockout even the right PIN gives CKR_PIN_LOCKED until it is cleared, and
+# C_GetTokenInfo flags both PINs locked meanwhile; the
 # store copied to another TPM does not open with the right PIN; without its
 # TPM a token cannot log in (CKR_DEVICE_ERROR) and nothing is counted;
 # tpm_seal = off makes unbound tokens.
@@ -63,11 +64,17 @@ tpm2_getcap properties-variable | grep -E 'inLockout|LOCKOUT_COUNTER' | sed 's/^
 tpm2_getcap properties-variable | has -E 'inLockout: +1' || fail "the TPM is not in lockout"
 r="$(login_rv "$PIN")"
 [ "$r" = CKR_PIN_LOCKED ] || fail "right PIN during the TPM's lockout: $r, want CKR_PIN_LOCKED"
+f="$(flags_of sealed)"
+echo "     $f"
+has 'user PIN locked' <<<"$f" && has 'SO PIN locked' <<<"$f" ||
+    fail "C_GetTokenInfo does not say the PINs are locked during the TPM's lockout: $f"
 kh doctor >"$T/doc" 2>&1 || true
 has -E '^FAIL +TPM lockout' "$T/doc" || fail "doctor does not report the lockout"
 run tpm2_dictionarylockout -Q -c
+f="$(flags_of sealed)"
+has 'PIN locked' <<<"$f" && fail "the PINs are still flagged locked once the lockout was cleared: $f"
 [ "$(login_rv "$PIN")" = OK ] || fail "the right PIN does not log in after the lockout was cleared"
-ok "CKR_PIN_LOCKED during lockout (doctor says so); the right PIN works once cleared"
+ok "CKR_PIN_LOCKED and CKF_USER/SO_PIN_LOCKED during lockout (doctor says so); the right PIN works once cleared"
 
 say "the store copied to another TPM does not open, even with the right PIN"
 cp -a "$KEYHOLD_STORE" "$T/copy"

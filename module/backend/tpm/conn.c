@@ -445,6 +445,22 @@ CK_RV kh_tpm_caps_locked(kh_tpm_caps *caps)
     return CKR_OK;
 }
 
+CK_RV kh_tpm_lockout_locked(bool *locked)
+{
+    TPMS_CAPABILITY_DATA *d = NULL;
+    TSS2_RC rc = get_cap_locked(&d, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_PERMANENT, 1);
+    CK_RV rv = CKR_DEVICE_ERROR;
+    if (rc == TSS2_RC_SUCCESS && d->data.tpmProperties.count == 1 &&
+        d->data.tpmProperties.tpmProperty[0].property == TPM2_PT_PERMANENT) {
+        *locked = (d->data.tpmProperties.tpmProperty[0].value & TPMA_PERMANENT_INLOCKOUT) != 0;
+        rv = CKR_OK;
+    } else if (rc != TSS2_RC_SUCCESS) {
+        rv = kh_tpm_rv(rc, KH_TPM_USE_OTHER, "TPM2_GetCapability");
+    }
+    Esys_Free(d);
+    return rv;
+}
+
 /* Objects we keep loaded: tpm_handles, else TPM_PT_HR_TRANSIENT_AVAIL - 1
  * (one slot stays free for the loads and creates themselves). Only that
  * property is read: this runs before the first load of every process. */

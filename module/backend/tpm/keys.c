@@ -999,6 +999,19 @@ static CK_RV tpm_random(uint8_t *buf, size_t len)
     return CKR_OK;
 }
 
+static CK_RV tpm_lockout(bool *locked)
+{
+    CK_RV rv = kh_tpm_lock();
+    if (rv != CKR_OK)
+        return rv;
+    rv = kh_tpm_lockout_locked(locked);
+    /* A dropped connection (a TPM restart) is tried once more. */
+    if (rv != CKR_OK && kh_tpm_retry_locked() && kh_tpm_reconnect_locked() == CKR_OK)
+        rv = kh_tpm_lockout_locked(locked);
+    kh_tpm_unlock();
+    return rv;
+}
+
 static CK_RV tpm_pin_seal(uint8_t secret[32], uint8_t **blob, size_t *blob_len, const uint8_t auth[32])
 {
     kh_tpm_sealobj so;
@@ -1181,5 +1194,6 @@ const kh_backend_ops kh_backend_tpm = {
     .random = tpm_random,
     .pin_seal = tpm_pin_seal,
     .pin_unseal = tpm_pin_unseal,
+    .lockout = tpm_lockout,
     .configured = tpm_configured,
 };

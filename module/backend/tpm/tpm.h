@@ -96,6 +96,8 @@ typedef struct kh_tpm_caps {
 } kh_tpm_caps;
 /* Out: caps (reads them on first use after a connect). */
 CK_RV kh_tpm_caps_locked(kh_tpm_caps *caps);
+/* TPMA_PERMANENT_INLOCKOUT, read now (TPM2_GetCapability). Out: *locked. */
+CK_RV kh_tpm_lockout_locked(bool *locked);
 
 /* ---- parents and loaded objects (conn.c) ---- */
 
