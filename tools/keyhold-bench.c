@@ -761,6 +761,13 @@ static CK_ULONG bench_backend(const struct bench_target *t)
     return t->existing ? t->key_backend : opt.backend;
 }
 
+/* For the cells' detail: the backend of keyhold's key ("vault", "tpm",
+ * "remote"), NULL when not asked for or not keyhold. */
+static const char *bench_backend_label(const struct bench_target *t)
+{
+    return bench_is_keyhold(t) ? kh_p11_backend_name(bench_backend(t)) : NULL;
+}
+
 /* TPM and remote keys are also compared with vault keys of the same type. */
 static bool bench_wants_ref(const struct bench_target *t)
 {
@@ -1219,7 +1226,7 @@ static struct bench_result *bench_sign_slot(struct bench_target *t, int ti, int 
         (*slot)->threads = n;
         (*slot)->shared = mode == 1;
         (*slot)->skipped = true;
-        const char *b = bench_is_keyhold(t) ? kh_p11_backend_name(bench_backend(t)) : NULL;
+        const char *b = bench_backend_label(t);
         snprintf((*slot)->detail, sizeof (*slot)->detail, "%s %s%s%s", kh_mech_name(info->mech),
                  mode ? "shared session" : "session per thread", b ? ", key on backend " : "",
                  b ? b : "");
@@ -1460,7 +1467,7 @@ static void bench_do_keygen_target(struct bench_target *t, int ti, int round)
                                                          kh_keykind_name((enum kh_keykind)kind));
             keep->threads = 1;
             keep->skipped = true;
-            const char *b = bench_is_keyhold(t) ? kh_p11_backend_name(bench_backend(t)) : NULL;
+            const char *b = bench_backend_label(t);
             snprintf(keep->detail, sizeof keep->detail, "%s, token key pair%s%s", kh_mech_name(gen),
                      b ? " on backend " : "", b ? b : "");
             bench_keygen_cell[ti][kind] = keep;
