@@ -1,6 +1,6 @@
 /*
  * The leaf services every unit of the module may use, with no dependency on
- * the rest of it: logging and locked memory for secrets. crypto.c uses them
+ * the rest of it: logging, locked memory for secrets and OS randomness. crypto.c uses them
  * too, so they live in the crypto library.
  */
 #ifndef KH_MODULE_BASE_H
@@ -8,6 +8,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "keyhold.h"
 
 /* ---- logging (log.c): quiet by default; KEYHOLD_LOG=error|warn|info|debug ---- */
 
@@ -22,6 +25,12 @@ bool kh_log_enabled(enum kh_log_level level);
 void *kh_secmem_alloc(size_t len);      /* zeroed; NULL when out of locked memory */
 void kh_secmem_free(void *p, size_t len); /* wipes */
 void kh_secmem_cleanup(void);           /* module unload: unmap arenas no longer in use */
+
+/* ---- OS randomness (random.c) ---- */
+
+/* Fill buf with len bytes from getrandom(2). CKR_ARGUMENTS_BAD for a NULL
+ * buf with len > 0, CKR_FUNCTION_FAILED when the OS gives none. */
+CK_RV kh_random(uint8_t *buf, size_t len);
 
 /* ---- OpenSSL (ossl.c): the module's private library context ---- */
 

@@ -1110,7 +1110,7 @@ CK_RV kh_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pRandomData, CK_
     if (!pRandomData && ulRandomLen)
         rv = CKR_ARGUMENTS_BAD;
     else if (ulRandomLen)
-        rv = kh_crypto_random(pRandomData, ulRandomLen);
+        rv = kh_random(pRandomData, ulRandomLen);
     kh_session_put(s);
     return rv;
 }

@@ -34,13 +34,11 @@
 #include "crypto.h"
 #include "base.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <openssl/bn.h>
 #include <openssl/crypto.h>
@@ -135,7 +133,7 @@ static void kh_crypto_do_init(void)
         kh_crypto_init_rv = CKR_HOST_MEMORY;
         return;
     }
-    if (kh_crypto_random(seed, sizeof seed) != CKR_OK ||
+    if (kh_random(seed, sizeof seed) != CKR_OK ||
         !secp256k1_context_randomize(kh_secp, seed)) {
         OPENSSL_cleanse(seed, sizeof seed);
         secp256k1_context_destroy(kh_secp);
@@ -166,23 +164,6 @@ CK_RV kh_crypto_init(void)
     if (pthread_once(&kh_crypto_once, kh_crypto_do_init) != 0)
         return CKR_FUNCTION_FAILED;
     return kh_crypto_init_rv;
-}
-
-CK_RV kh_crypto_random(uint8_t *buf, size_t len)
-{
-    if (!buf && len)
-        return CKR_ARGUMENTS_BAD;
-    while (len > 0) {
-        ssize_t n = getrandom(buf, len, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return CKR_FUNCTION_FAILED;
-        }
-        buf += n;
-        len -= (size_t)n;
-    }
-    return CKR_OK;
 }
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -394,7 +375,7 @@ static __thread struct {
 static CK_RV kh_aux_take(uint8_t out[32])
 {
     if (kh_aux_pool.left < 32) {
-        CK_RV rv = kh_crypto_random(kh_aux_pool.buf, sizeof kh_aux_pool.buf);
+        CK_RV rv = kh_random(kh_aux_pool.buf, sizeof kh_aux_pool.buf);
         if (rv != CKR_OK)
             return rv;
         kh_aux_pool.left = sizeof kh_aux_pool.buf;
@@ -1268,7 +1249,7 @@ CK_RV kh_crypto_generate_mixed(kh_pubkey *pub, uint8_t **secret, size_t *secret_
     case KH_ALG_P384:
         /* Rejection sampling: a draw outside [1, n-1] is vanishingly rare. */
         for (int tries = 0; tries < 64; tries++) {
-            rv = kh_crypto_random(sk, flen);
+            rv = kh_random(sk, flen);
             if (rv == CKR_OK && mix_len)
                 rv = kh_rng_mix(sk, flen, mix, mix_len, (uint32_t)tries);
             if (rv != CKR_OK)
@@ -1283,7 +1264,7 @@ CK_RV kh_crypto_generate_mixed(kh_pubkey *pub, uint8_t **secret, size_t *secret_
             rv = kh_secret_dup(secret, secret_len, sk, flen);
         break;
     case KH_ALG_ED25519:
-        rv = kh_crypto_random(sk, 32);
+        rv = kh_random(sk, 32);
         if (rv == CKR_OK && mix_len)
             rv = kh_rng_mix(sk, 32, mix, mix_len, 0);
         if (rv == CKR_OK)

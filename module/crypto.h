@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base.h"
 #include "keyhold.h"
 
 typedef enum kh_alg {
@@ -88,7 +89,7 @@ size_t kh_softkey_sig_len(const kh_softkey *key, kh_sigop op);
 
 /*
  * Generate a key. rsa_bits: 2048..4096, multiple of 8 (CKR_KEY_SIZE_RANGE otherwise);
- * ignored for other algs; e = 65537. EC/Ed25519 secrets come from kh_crypto_random,
+ * ignored for other algs; e = 65537. EC/Ed25519 secrets come from kh_random,
  * RSA from OpenSSL's DRBG.
  * Out: pub; *secret (secp256k1/P-256/P-384: big-endian scalar of field size;
  * Ed25519: 32-byte seed; RSA: PKCS#1 RSAPrivateKey DER), free with kh_crypto_secret_free.
@@ -199,7 +200,5 @@ void kh_hash_free(kh_hash_ctx *ctx);
 /* DER DigestInfo prefix for PKCS#1 v1.5 (CKM_SHAxxx_RSA_PKCS). Out: *len. */
 const uint8_t *kh_hash_digestinfo_prefix(kh_hash h, size_t *len);
 
-/* Fill buf from the OS RNG (getrandom). */
-CK_RV kh_crypto_random(uint8_t *buf, size_t len);
 
 #endif

@@ -11,7 +11,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -34,21 +33,6 @@ void kh_wipe(void *p, size_t len)
 {
     if (p && len)
         OPENSSL_cleanse(p, len);
-}
-
-CK_RV kh_random(uint8_t *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t got = getrandom(buf, len, 0);
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            return CKR_FUNCTION_FAILED;
-        }
-        buf += got;
-        len -= (size_t)got;
-    }
-    return CKR_OK;
 }
 
 void kh_kdf_default(kh_kdf_params *out)

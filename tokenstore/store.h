@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base.h"
 #include "keyhold.h"
 
 #define KH_TOKEN_KEY_LEN 32
@@ -201,8 +202,6 @@ CK_RV kh_store_audit(kh_store *st, int64_t token_id, const char *event, const ch
 
 /* ---- sealing (seal.c): no SQLite, usable on its own ---- */
 
-/* Fill buf with len bytes from the OS RNG. */
-CK_RV kh_random(uint8_t *buf, size_t len);
 /* Default KDF parameters; KEYHOLD_KDF_LOG2N in the environment may lower N for tests (min 10). */
 void kh_kdf_default(kh_kdf_params *out);
 /* HKDF-SHA-256 (RFC 5869, no salt) of ikm with info. Out: out (out_len bytes). */

@@ -175,10 +175,10 @@ static void test_hash(void)
 static void test_random(void)
 {
     uint8_t a[64], b[64];
-    KH_CHECK_RV(kh_crypto_random(a, sizeof a), CKR_OK);
-    KH_CHECK_RV(kh_crypto_random(b, sizeof b), CKR_OK);
+    KH_CHECK_RV(kh_random(a, sizeof a), CKR_OK);
+    KH_CHECK_RV(kh_random(b, sizeof b), CKR_OK);
     KH_CHECK(memcmp(a, b, sizeof a) != 0);
-    KH_CHECK_RV(kh_crypto_random(NULL, 0), CKR_OK);
+    KH_CHECK_RV(kh_random(NULL, 0), CKR_OK);
 }
 
 /* ---- import ----------------------------------------------------------- */
@@ -784,7 +784,7 @@ static void *thr_main(void *p)
     size_t l;
 
     for (int i = 0; i < 100; i++) {
-        if (kh_crypto_random(d, sizeof d) != CKR_OK) {
+        if (kh_random(d, sizeof d) != CKR_OK) {
             a->fails++;
             continue;
         }

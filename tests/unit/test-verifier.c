@@ -231,7 +231,7 @@ static void *thr_main(void *p)
     size_t l;
 
     for (int i = 0; i < 100; i++) {
-        if (kh_crypto_random(d, sizeof d) != CKR_OK) {
+        if (kh_random(d, sizeof d) != CKR_OK) {
             a->fails++;
             continue;
         }
