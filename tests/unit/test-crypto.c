@@ -854,42 +854,13 @@ static CK_RV wp_verify(void *ctx, int tc, const uint8_t *msg, size_t msg_len, co
     return kh_crypto_verify(&w->k.pub, w->k.op, kh_vec_wp_params(&w->k), data, len, sig, sig_len);
 }
 
-static void wycheproof(const char *file, kh_sigop op, kh_alg alg)
+static void wycheproof(const void *arg)
 {
     static const struct kh_vec_wp_ops ops = { .group = wp_group, .verify = wp_verify };
-    struct wp_ctx w = { .op = op, .alg = alg };
+    const struct kh_vec_wp_file *f = arg;
+    struct wp_ctx w = { .op = f->op, .alg = f->alg };
 
-    kh_vec_wycheproof(file, &ops, &w, NULL);
-}
-
-static void test_wp_k1(void)
-{
-    wycheproof("wycheproof_ecdsa_secp256k1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_SECP256K1);
-}
-
-static void test_wp_p256(void)
-{
-    wycheproof("wycheproof_ecdsa_secp256r1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_P256);
-}
-
-static void test_wp_p384(void)
-{
-    wycheproof("wycheproof_ecdsa_secp384r1_sha384_p1363_test.json", KH_OP_ECDSA, KH_ALG_P384);
-}
-
-static void test_wp_ed25519(void)
-{
-    wycheproof("wycheproof_ed25519_test.json", KH_OP_EDDSA, KH_ALG_ED25519);
-}
-
-static void test_wp_rsa_pkcs1(void)
-{
-    wycheproof("wycheproof_rsa_signature_2048_sha256_test.json", KH_OP_RSA_PKCS, KH_ALG_RSA);
-}
-
-static void test_wp_rsa_pss(void)
-{
-    wycheproof("wycheproof_rsa_pss_2048_sha256_mgf1_32_test.json", KH_OP_RSA_PSS, KH_ALG_RSA);
+    kh_vec_wycheproof(f->file, &ops, &w, NULL);
 }
 
 /* ---- BIP-340 ---------------------------------------------------------- */
@@ -1038,12 +1009,7 @@ int main(int argc, char **argv)
     kh_test_register("/crypto/pubkey/check", test_pubkey_check);
     kh_test_register("/crypto/generate-mixed", test_generate_mixed);
     kh_test_register("/crypto/threads", test_threads);
-    kh_test_register("/crypto/vectors/wycheproof/ecdsa-secp256k1", test_wp_k1);
-    kh_test_register("/crypto/vectors/wycheproof/ecdsa-p256", test_wp_p256);
-    kh_test_register("/crypto/vectors/wycheproof/ecdsa-p384", test_wp_p384);
-    kh_test_register("/crypto/vectors/wycheproof/ed25519", test_wp_ed25519);
-    kh_test_register("/crypto/vectors/wycheproof/rsa-pkcs1", test_wp_rsa_pkcs1);
-    kh_test_register("/crypto/vectors/wycheproof/rsa-pss", test_wp_rsa_pss);
+    kh_vec_wp_register("/crypto/vectors/wycheproof", wycheproof);
     kh_test_register("/crypto/vectors/bip340", test_bip340);
     int rc = kh_test_run(argc, argv);
     kh_softkey_free(rsa_key);

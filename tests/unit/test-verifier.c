@@ -73,43 +73,14 @@ static CK_RV wp_verify(void *ctx, int tc, const uint8_t *msg, size_t msg_len, co
                        sig_len);
 }
 
-static void wycheproof(const char *file, kh_sigop op, kh_alg alg)
+static void wycheproof(const void *arg)
 {
     static const struct kh_vec_wp_ops ops = { .group = wp_group, .verify = wp_verify,
                                               .group_end = wp_group_end };
-    struct wp_ctx w = { .op = op, .alg = alg };
+    const struct kh_vec_wp_file *f = arg;
+    struct wp_ctx w = { .op = f->op, .alg = f->alg };
 
-    kh_vec_wycheproof(file, &ops, &w, NULL);
-}
-
-static void test_wp_k1(void)
-{
-    wycheproof("wycheproof_ecdsa_secp256k1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_SECP256K1);
-}
-
-static void test_wp_p256(void)
-{
-    wycheproof("wycheproof_ecdsa_secp256r1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_P256);
-}
-
-static void test_wp_p384(void)
-{
-    wycheproof("wycheproof_ecdsa_secp384r1_sha384_p1363_test.json", KH_OP_ECDSA, KH_ALG_P384);
-}
-
-static void test_wp_ed25519(void)
-{
-    wycheproof("wycheproof_ed25519_test.json", KH_OP_EDDSA, KH_ALG_ED25519);
-}
-
-static void test_wp_rsa_pkcs1(void)
-{
-    wycheproof("wycheproof_rsa_signature_2048_sha256_test.json", KH_OP_RSA_PKCS, KH_ALG_RSA);
-}
-
-static void test_wp_rsa_pss(void)
-{
-    wycheproof("wycheproof_rsa_pss_2048_sha256_mgf1_32_test.json", KH_OP_RSA_PSS, KH_ALG_RSA);
+    kh_vec_wycheproof(f->file, &ops, &w, NULL);
 }
 
 /* ---- round trips: every op, tampering rejected the same way ------------ */
@@ -279,12 +250,7 @@ out:
 
 int main(int argc, char **argv)
 {
-    kh_test_register("/verifier/wycheproof/secp256k1", test_wp_k1);
-    kh_test_register("/verifier/wycheproof/p256", test_wp_p256);
-    kh_test_register("/verifier/wycheproof/p384", test_wp_p384);
-    kh_test_register("/verifier/wycheproof/ed25519", test_wp_ed25519);
-    kh_test_register("/verifier/wycheproof/rsa-pkcs1", test_wp_rsa_pkcs1);
-    kh_test_register("/verifier/wycheproof/rsa-pss", test_wp_rsa_pss);
+    kh_vec_wp_register("/verifier/wycheproof", wycheproof);
     kh_test_register("/verifier/roundtrip", test_roundtrip);
     kh_test_register("/verifier/bad-keys", test_bad_keys);
     kh_test_register("/verifier/threads", test_threads);

@@ -11,22 +11,34 @@
 
 #define KH_TEST_MAX 512
 
-static struct { const char *name; kh_test_fn fn; } tests[KH_TEST_MAX];
+static struct {
+    const char *name;
+    kh_test_fn fn;
+    kh_test_arg_fn fn_arg;
+    const void *arg;
+} tests[KH_TEST_MAX];
 static size_t ntests;
 static int case_failures;
 static uint64_t seed;
 static char tmproot[4096];
 static unsigned tmpcount;
 
-void kh_test_register(const char *name, kh_test_fn fn)
+void kh_test_register_arg(const char *name, kh_test_arg_fn fn, const void *arg)
 {
     if (ntests == KH_TEST_MAX) {
         fprintf(stderr, "too many tests\n");
         exit(2);
     }
     tests[ntests].name = name;
-    tests[ntests].fn = fn;
+    tests[ntests].fn_arg = fn;
+    tests[ntests].arg = arg;
     ntests++;
+}
+
+void kh_test_register(const char *name, kh_test_fn fn)
+{
+    kh_test_register_arg(name, NULL, NULL);
+    tests[ntests - 1].fn = fn;
 }
 
 uint64_t kh_test_seed(void) { return seed; }
@@ -127,7 +139,10 @@ int kh_test_run(int argc, char **argv)
         if (argc > 1 && strncmp(tests[i].name, argv[1], strlen(argv[1])) != 0)
             continue;
         case_failures = 0;
-        tests[i].fn();
+        if (tests[i].fn)
+            tests[i].fn();
+        else
+            tests[i].fn_arg(tests[i].arg);
         if (case_failures) {
             printf("not ok %s\n", tests[i].name);
             failed++;

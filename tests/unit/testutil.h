@@ -20,8 +20,11 @@
 #include <stdio.h>
 
 typedef void (*kh_test_fn)(void);
+typedef void (*kh_test_arg_fn)(const void *arg);
 
 void kh_test_register(const char *name, kh_test_fn fn);
+/* The same for a case run as fn(arg) (one function, several data sets). */
+void kh_test_register_arg(const char *name, kh_test_arg_fn fn, const void *arg);
 int kh_test_run(int argc, char **argv);
 uint64_t kh_test_seed(void);
 /* Test data (digests, messages) drawn from the run's seed, so that a failure

@@ -57,6 +57,27 @@ static void group_refused(const char *file, size_t gi, json_object *tests, struc
     c->invalid_rej += (unsigned)n;
 }
 
+static const struct kh_vec_wp_file kh_vec_wp_files[] = {
+    { "ecdsa-secp256k1", "wycheproof_ecdsa_secp256k1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_SECP256K1 },
+    { "ecdsa-p256", "wycheproof_ecdsa_secp256r1_sha256_p1363_test.json", KH_OP_ECDSA, KH_ALG_P256 },
+    { "ecdsa-p384", "wycheproof_ecdsa_secp384r1_sha384_p1363_test.json", KH_OP_ECDSA, KH_ALG_P384 },
+    { "ed25519", "wycheproof_ed25519_test.json", KH_OP_EDDSA, KH_ALG_ED25519 },
+    { "rsa-pkcs1", "wycheproof_rsa_signature_2048_sha256_test.json", KH_OP_RSA_PKCS, KH_ALG_RSA },
+    { "rsa-pss", "wycheproof_rsa_pss_2048_sha256_mgf1_32_test.json", KH_OP_RSA_PSS, KH_ALG_RSA },
+};
+
+void kh_vec_wp_register(const char *prefix, void (*fn)(const void *file))
+{
+    for (size_t i = 0; i < sizeof kh_vec_wp_files / sizeof kh_vec_wp_files[0]; i++) {
+        char *name = NULL;
+        if (asprintf(&name, "%s/%s", prefix, kh_vec_wp_files[i].name) < 0) {
+            fprintf(stderr, "out of memory\n");
+            exit(2);
+        }
+        kh_test_register_arg(name, fn, &kh_vec_wp_files[i]);   /* name lives as long as the run */
+    }
+}
+
 void kh_vec_wycheproof(const char *file, const struct kh_vec_wp_ops *ops, void *ctx,
                        struct kh_vec_count *out)
 {

@@ -64,6 +64,17 @@ struct kh_vec_wp_ops {
 void kh_vec_wycheproof(const char *file, const struct kh_vec_wp_ops *ops, void *ctx,
                        struct kh_vec_count *c);
 
+/* The Wycheproof signature files every verifier is checked against. */
+struct kh_vec_wp_file {
+    const char *name;      /* the case's last path element, e.g. "ecdsa-p256" */
+    const char *file;      /* in ../shared/testvectors */
+    kh_sigop op;
+    kh_alg alg;
+};
+
+/* Register a case "<prefix>/<name>" per file of kh_vec_wp_files, run as fn(file). */
+void kh_vec_wp_register(const char *prefix, void (*fn)(const void *file));
+
 /* One group of a Wycheproof signature file as module/crypto.h takes it. */
 struct kh_vec_wp_key {
     kh_sigop op;           /* ECDSA, EDDSA, RSA_PKCS (over a DigestInfo) or RSA_PSS */
